@@ -1,0 +1,135 @@
+"""The chunked PyTorch recurrence against the plain-loop reference: outputs, final state and every gradient."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import assert_close, random_inputs
+from fairseq_hgrn2.ops import hgrn2_recurrence, hgrn2_recurrence_chunk_torch, hgrn2_recurrence_ref
+
+LENGTHS = (1, 15, 63, 64, 65, 200)
+EXPAND_RATIOS = (1, 2, 4, 8, 16, 64, 128)
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 5e-3}
+
+
+def outputs_and_grads(fn, inputs, do, ds):
+    """Output, final state and the gradients of q, k, v, g, h0 for the loss <o, do> + <S_T, ds>."""
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    o, s = fn(*inputs[:4], initial_state=inputs[4], output_final_state=True)
+    loss = (o.double() * do).sum() + (s.double() * ds).sum()
+    grads = torch.autograd.grad(loss, inputs)
+    return [o, s, *grads]
+
+
+def check_against_reference(B, T, H, e, dtype, logit_range=12.0, seed=0):
+    inputs = random_inputs(B, T, H, e, e, dtype, logit_range=logit_range, seed=seed)
+    ref_inputs = [x.double() for x in inputs]
+    gen = torch.Generator().manual_seed(seed + 1)
+    do = torch.randn(B, T, H, e, generator=gen, dtype=torch.float64)
+    ds = torch.randn(B, H, e, e, generator=gen, dtype=torch.float64)
+    ref = outputs_and_grads(hgrn2_recurrence_ref, ref_inputs, do, ds)
+    out = outputs_and_grads(hgrn2_recurrence_chunk_torch, inputs, do, ds)
+    for name, r, o in zip(("o", "final_state", "dq", "dk", "dv", "dg", "dh0"), ref, out):
+        assert o.dtype == dtype or name == "final_state", f"{name} came back as {o.dtype}"
+        assert_close(name, r, o, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("e", EXPAND_RATIOS, ids=lambda e: f"e{e}")
+@pytest.mark.parametrize("T", LENGTHS, ids=lambda t: f"T{t}")
+def test_chunk_matches_reference(T, e, dtype):
+    """Decays span sigmoid(-12)..sigmoid(12), i.e. from ~6e-6 to 1 - 6e-6, inside every tensor."""
+    check_against_reference(B=2, T=T, H=2, e=e, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "logit_range, name",
+    [(1e-3, "decay-half"), (30.0, "decay-near-0-and-1")],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+@pytest.mark.parametrize("e", (2, 128), ids=lambda e: f"e{e}")
+def test_chunk_matches_reference_extreme_decays(logit_range, name, e):
+    check_against_reference(B=1, T=200, H=2, e=e, dtype=torch.float32, logit_range=logit_range)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_decay_near_one_and_near_zero_everywhere(dtype):
+    """All decays at one extreme: the state barely decays (long memory), or forgets everything at each step."""
+    for log_decay in (-1e-6, -14.0):
+        q, k, v, g, h0 = random_inputs(1, 130, 2, 16, 16, torch.float64)
+        g = torch.full_like(g, log_decay)
+        ref_o, ref_s = hgrn2_recurrence_ref(q, k, v, g, initial_state=h0, output_final_state=True)
+        o, s = hgrn2_recurrence_chunk_torch(
+            *(x.to(dtype) for x in (q, k, v, g)), initial_state=h0.to(dtype), output_final_state=True
+        )
+        assert_close(f"o at log decay {log_decay}", ref_o, o, TOLERANCE[dtype])
+        assert_close(f"state at log decay {log_decay}", ref_s, s, TOLERANCE[dtype])
+
+
+def test_without_initial_state_and_final_state():
+    q, k, v, g, _ = random_inputs(2, 70, 3, 8, 8, torch.float64, initial_state=False)
+    ref_o, none_state = hgrn2_recurrence_ref(q, k, v, g)
+    o, state = hgrn2_recurrence_chunk_torch(q, k, v, g)
+    assert none_state is None and state is None
+    assert_close("o", ref_o, o, 1e-10)
+
+
+def test_different_key_and_value_sizes():
+    q, k, v, g, h0 = random_inputs(1, 40, 2, 8, 16, torch.float64)
+    ref = hgrn2_recurrence_ref(q, k, v, g, initial_state=h0, output_final_state=True)
+    out = hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert_close("o", ref[0], out[0], 1e-10)
+    assert_close("state", ref[1], out[1], 1e-10)
+
+
+def test_empty_sequence_passes_the_state_through():
+    q, k, v, g, h0 = random_inputs(2, 0, 2, 4, 4, torch.float32)
+    o, s = hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert o.shape == (2, 0, 2, 4)
+    assert torch.equal(s, h0)
+
+
+def test_splitting_a_sequence_carries_the_state():
+    """Running [0, t) then [t, T) from the carried state equals one run over [0, T)."""
+    q, k, v, g, h0 = random_inputs(2, 150, 2, 16, 16, torch.float64)
+    full_o, full_s = hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0, output_final_state=True)
+    o1, s1 = hgrn2_recurrence_chunk_torch(q[:, :77], k[:, :77], v[:, :77], g[:, :77], h0, True)
+    o2, s2 = hgrn2_recurrence_chunk_torch(q[:, 77:], k[:, 77:], v[:, 77:], g[:, 77:], s1, True)
+    assert_close("o", full_o, torch.cat([o1, o2], dim=1), 1e-12)
+    assert_close("state", full_s, s2, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_inputs_compute_in_fp32(dtype):
+    """Half inputs come back in their dtype; the state stays fp32 and only the input rounding shows."""
+    inputs = [x.to(dtype) for x in random_inputs(2, 100, 2, 16, 16, torch.float32)]
+    o, s = hgrn2_recurrence_chunk_torch(*inputs[:4], initial_state=inputs[4], output_final_state=True)
+    assert o.dtype == dtype and s.dtype == torch.float32
+    ref_o, ref_s = hgrn2_recurrence_ref(*(x.double() for x in inputs[:4]), inputs[4].double(), True)
+    assert_close("o", ref_o, o, 1e-2)
+    assert_close("state", ref_s, s, 1e-5)
+
+
+def test_dispatch_honours_the_backend_variable(monkeypatch):
+    q, k, v, g, h0 = random_inputs(1, 33, 2, 4, 4, torch.float64)
+    for backend in ("torch", "reference"):
+        monkeypatch.setenv("HGRN2_BACKEND", backend)
+        o, s = hgrn2_recurrence(q, k, v, g, initial_state=h0, output_final_state=True)
+        ref_o, ref_s = hgrn2_recurrence_ref(q, k, v, g, initial_state=h0, output_final_state=True)
+        assert_close(f"o via {backend}", ref_o, o, 1e-10)
+    monkeypatch.setenv("HGRN2_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="unknown HGRN2 backend 'cuda-magic'"):
+        hgrn2_recurrence(q, k, v, g)
+
+
+def test_dispatch_rejects_mismatched_shapes():
+    q, k, v, g, _ = random_inputs(1, 8, 2, 4, 4, torch.float32)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        hgrn2_recurrence(q, k[:, :7], v, g)
+
+
+def test_ops_import_neither_fairseq_nor_triton():
+    code = "import sys, fairseq_hgrn2.ops; print(sorted(m for m in ('fairseq', 'triton') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
