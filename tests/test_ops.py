@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from conftest import assert_close, random_inputs
-from fairseq_hgrn2.ops import hgrn2_recurrence, hgrn2_recurrence_chunk_torch, hgrn2_recurrence_ref
+from fairseq_hgrn2.ops import (
+    hgrn2_recurrence,
+    hgrn2_recurrence_chunk_torch,
+    hgrn2_recurrence_ref,
+    hgrn2_recurrent_step,
+)
 
 LENGTHS = (1, 15, 63, 64, 65, 200)
 EXPAND_RATIOS = (1, 2, 4, 8, 16, 64, 128)
@@ -133,3 +138,17 @@ def test_ops_import_neither_fairseq_nor_triton():
     code = "import sys, fairseq_hgrn2.ops; print(sorted(m for m in ('fairseq', 'triton') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("tokens_per_step", (1, 3))
+def test_recurrent_step_continues_the_chunked_state(tokens_per_step):
+    """Prefill with the chunked op, then step token by token: same outputs and state as one full run."""
+    q, k, v, g, h0 = random_inputs(2, 40, 2, 8, 8, torch.float32)
+    full_o, full_s = hgrn2_recurrence_ref(q, k, v, g, initial_state=h0, output_final_state=True)
+    o, state = hgrn2_recurrence(q[:, :25], k[:, :25], v[:, :25], g[:, :25], initial_state=h0, output_final_state=True)
+    outputs = [o]
+    for t in range(25, 40, tokens_per_step):
+        sl = slice(t, t + tokens_per_step)
+        outputs.append(hgrn2_recurrent_step(q[:, sl], k[:, sl], v[:, sl], g[:, sl], state))
+    assert_close("o", full_o, torch.cat(outputs, 1), 1e-5)
+    assert_close("state", full_s, state, 1e-5)

@@ -5,18 +5,27 @@
 """
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from .chunk_torch import hgrn2_recurrence_chunk_torch
 from .reference import hgrn2_recurrence_ref
+from .step_torch import hgrn2_recurrent_step_torch
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = {
-    "torch": hgrn2_recurrence_chunk_torch,
-    "reference": hgrn2_recurrence_ref,
+
+class Backend(NamedTuple):
+    """One implementation of the op: the parallel form (training, prefill) and the recurrent step (decoding)."""
+
+    chunk: Callable
+    step: Callable
+
+
+BACKENDS: Dict[str, Backend] = {
+    "torch": Backend(chunk=hgrn2_recurrence_chunk_torch, step=hgrn2_recurrent_step_torch),
+    "reference": Backend(chunk=hgrn2_recurrence_ref, step=hgrn2_recurrent_step_torch),
 }
 _logged = set()
 
@@ -32,6 +41,14 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
         _logged.add((name, device.type))
         logger.info("HGRN2 recurrence backend on %s: %s", device.type, name)
     return name
+
+
+def _check_shapes(q, k, v, g) -> None:
+    if q.shape != k.shape or q.shape != g.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, g {tuple(g.shape)} must be [B, T, H, K] "
+            f"and v {tuple(v.shape)} [B, T, H, V]"
+        )
 
 
 def hgrn2_recurrence(
@@ -56,10 +73,26 @@ def hgrn2_recurrence(
         ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in the dtype of ``q``, ``final_state`` is ``[B, H, K, V]``
         in fp32 (fp64 for fp64 inputs) or ``None``. The computation runs in fp32 whatever the input dtype.
     """
-    if q.shape != k.shape or q.shape != g.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, g {tuple(g.shape)} must be [B, T, H, K] "
-            f"and v {tuple(v.shape)} [B, T, H, V]"
-        )
-    impl = BACKENDS[resolve_backend(q.device, backend)]
+    _check_shapes(q, k, v, g)
+    impl = BACKENDS[resolve_backend(q.device, backend)].chunk
     return impl(q, k, v, g, initial_state=initial_state, output_final_state=output_final_state)
+
+
+def hgrn2_recurrent_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    state: torch.Tensor,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Decode: advance ``state`` (``[B, H, K, V]``, fp32) in place by a few tokens and return ``o`` ``[B, T, H, V]``.
+
+    Same shapes and maths as ``hgrn2_recurrence`` with ``initial_state=state``; meant for ``T = 1`` (or a few),
+    without autograd.
+    """
+    _check_shapes(q, k, v, g)
+    if state.shape != (q.shape[0], q.shape[2], q.shape[3], v.shape[3]):
+        raise ValueError(f"state {tuple(state.shape)} must be [B, H, K, V] for q {tuple(q.shape)}, v {tuple(v.shape)}")
+    impl = BACKENDS[resolve_backend(q.device, backend)].step
+    return impl(q, k, v, g, state)
