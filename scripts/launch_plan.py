@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Check a training launch and work out its batch layout; scripts/script_lm.sh calls this before starting.
 
-    python scripts/launch_plan.py --arch ARCH --gpus N [--nodes M] [--cpu-procs P] [--global-batch G] [--batch-size B]
+    python scripts/launch_plan.py --arch ARCH --gpus N [--nodes M] [--cpu-procs P] [--global-batch G]
+                                  [--batch-size B] [--checkpoint checkpoint_last.pt]
     python scripts/launch_plan.py --list-archs
 
 Checks that ARCH is one of the plugin's architectures, that the global batch splits evenly over the processes,
 and that this machine has the GPUs asked for. On success prints one line, ``DEVICE PROCS_PER_NODE BATCH
-UPDATE_FREQ``, and explains the layout on stderr; on failure prints a one-line error and exits 2.
+UPDATE_FREQ DONE_UPDATES`` (the updates in --checkpoint, 0 without one), and explains the layout on stderr; on
+failure prints a one-line error and exits 2. One process does all of it: importing fairseq takes seconds.
 """
 import argparse
 import logging
+import os
 import sys
 
 
@@ -46,6 +49,7 @@ def main() -> int:
     parser.add_argument("--cpu-procs", type=int, default=1, help="processes per node when --gpus is 0")
     parser.add_argument("--global-batch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16, help="most sequences per process per step")
+    parser.add_argument("--checkpoint", help="a checkpoint to resume from, if it exists: its updates are reported")
     args = parser.parse_args()
 
     names = architectures()
@@ -80,7 +84,12 @@ def main() -> int:
         f"{args.nodes} node(s)) x {batch} sequences x --update-freq {update_freq}",
         file=sys.stderr,
     )
-    print(device, procs, batch, update_freq)
+    done_updates = 0
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        from checkpoint_info import checkpoint_info
+
+        done_updates = checkpoint_info(args.checkpoint)["num_updates"]
+    print(device, procs, batch, update_freq, done_updates)
     return 0
 
 

@@ -60,15 +60,15 @@ for flag in "${EXTRA_FLAGS[@]}"; do
     esac
 done
 
-# Architecture, batch arithmetic and GPU count, checked by Python against the plugin and torch.
-PLAN="$("$PYTHON" "$REPO/scripts/launch_plan.py" --arch "$ARCH" --gpus "$NUM_GPUS" --nodes "$NNODES" \
-    --cpu-procs "$CPU_PROCS" --global-batch "$GLOBAL_BATCH" --batch-size "$BATCH_SIZE")"
-read -r DEVICE PROCS BATCH UPDATE_FREQ <<<"$PLAN"
-
 SAVE_DIR="$SAVE_ROOT/$ARCH"
 LOG_FILE="$SAVE_DIR/train.log"
+# Architecture, batch arithmetic, GPU count and the progress of an earlier run, checked by Python against the
+# plugin, torch and the checkpoint.
+PLAN="$("$PYTHON" "$REPO/scripts/launch_plan.py" --arch "$ARCH" --gpus "$NUM_GPUS" --nodes "$NNODES" \
+    --cpu-procs "$CPU_PROCS" --global-batch "$GLOBAL_BATCH" --batch-size "$BATCH_SIZE" \
+    --checkpoint "$SAVE_DIR/checkpoint_last.pt")"
+read -r DEVICE PROCS BATCH UPDATE_FREQ DONE <<<"$PLAN"
 if [[ -f "$SAVE_DIR/checkpoint_last.pt" ]]; then
-    DONE="$("$PYTHON" "$REPO/scripts/checkpoint_info.py" "$SAVE_DIR/checkpoint_last.pt" --field num_updates)"
     if ((DONE >= 10#$MAX_UPDATE)); then
         # fairseq would train one more update on every rerun of a finished job
         log "$SAVE_DIR/checkpoint_last.pt has $DONE updates (MAX_UPDATE=$MAX_UPDATE): training is done"
