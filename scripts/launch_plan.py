@@ -52,14 +52,11 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="a checkpoint to resume from, if it exists: its updates are reported")
     args = parser.parse_args()
 
-    names = architectures()
     if args.list_archs:
-        print(" ".join(names))
+        print(" ".join(architectures()))
         return 0
-    if args.arch not in names:
-        print(f"error: unknown architecture '{args.arch}'; choose one of: {' '.join(names)}", file=sys.stderr)
-        return 2
 
+    # cheapest checks first: the batch needs no import, the GPU count needs torch, the architectures fairseq
     device = "cuda" if args.gpus > 0 else "cpu"
     procs = args.gpus if args.gpus > 0 else args.cpu_procs
     workers = procs * args.nodes
@@ -78,6 +75,11 @@ def main() -> int:
             why = "" if found else " (CUDA is not available; NUM_GPUS=0 trains on CPU)"
             print(f"error: asked for {args.gpus} GPUs but this machine has {found}{why}", file=sys.stderr)
             return 2
+
+    names = architectures()
+    if args.arch not in names:
+        print(f"error: unknown architecture '{args.arch}'; choose one of: {' '.join(names)}", file=sys.stderr)
+        return 2
 
     print(
         f"[launch_plan] {args.global_batch} sequences per update = {workers} processes ({procs} {device} x "

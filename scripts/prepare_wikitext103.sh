@@ -126,17 +126,20 @@ else
 fi
 
 # --- 3. GPT-2 BPE: wiki.<split>.bpe, one line of token ids per raw line ---
+INPUTS=() OUTPUTS=()
 for split in "${SPLITS[@]}"; do
-    out="$RAW_DIR/wiki.$split.bpe"
-    if [[ -f "$out" ]]; then
-        log "have $out"
-        continue
+    if [[ -f "$RAW_DIR/wiki.$split.bpe" ]]; then
+        log "have $RAW_DIR/wiki.$split.bpe"
+    else
+        INPUTS+=("$RAW_TEXT/wiki.$split.raw") OUTPUTS+=("$RAW_DIR/wiki.$split.bpe")
     fi
-    log "BPE-encoding $split with $WORKERS workers (train: about 1.8M lines, minutes)"
-    "$PYTHON" "$REPO/scripts/bpe_encode.py" --encoder-json "$RAW_DIR/encoder.json" --vocab-bpe "$RAW_DIR/vocab.bpe" \
-        --workers "$WORKERS" "$RAW_TEXT/wiki.$split.raw" "$out.tmp"
-    mv "$out.tmp" "$out"
 done
+if ((${#OUTPUTS[@]})); then
+    log "BPE-encoding ${OUTPUTS[*]} with $WORKERS workers (the train split has 1.8M lines: minutes)"
+    # bpe_encode.py writes each output under a temporary name and renames it when complete
+    "$PYTHON" "$REPO/scripts/bpe_encode.py" --encoder-json "$RAW_DIR/encoder.json" --vocab-bpe "$RAW_DIR/vocab.bpe" \
+        --workers "$WORKERS" --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
+fi
 
 # --- 4. Binarize with the GPT-2 dictionary ---
 log "binarizing into $DEST"

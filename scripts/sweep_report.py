@@ -93,6 +93,10 @@ def plot(rows: list, path: Path) -> None:
             if r["token_mixer"] != "outproduct":
                 ax.axhline(r[f"{subset}_ppl"], linestyle="--", color=color, alpha=0.7, label=f"{r['arch']}, {subset}")
     ax.set_xscale("log", base=2)
+    if outer:
+        ratios = [r["expand_ratio"] for r in outer]
+        ax.set_xticks(ratios, [str(e) for e in ratios])
+        ax.minorticks_off()
     ax.set_xlabel("expand ratio e (head size; state e x e per head)")
     ax.set_ylabel("perplexity (BPE tokens)")
     ax.set_title("HGRN2: perplexity against state expansion")
