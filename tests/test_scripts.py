@@ -60,6 +60,14 @@ def snapshot(root: Path) -> dict:
     }
 
 
+def split_tokens(data_bin: Path, subset: str) -> int:
+    """Tokens in a binarized split, end-of-line symbols included, counted by fairseq's own loader."""
+    from fairseq.data import Dictionary, data_utils
+
+    dataset = data_utils.load_indexed_dataset(str(data_bin / subset), Dictionary.load(str(data_bin / "dict.txt")))
+    return int(dataset.sizes.sum())
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_data_bin, tmp_path_factory) -> Path:
     """SAVE_ROOT of a 3-update run of ARCH with 2 CPU processes; the script's output is in SAVE_ROOT/run.out."""
@@ -138,17 +146,17 @@ def test_script_lm_refuses_bad_input_and_writes_nothing(args, env, fragments, ti
 # --- eval_lm.sh ---
 
 def test_eval_lm_scores_every_token_with_a_finite_perplexity(trained, tiny_data_bin):
+    # a sliding context window here; the sweep test evaluates valid and test with non-overlapping blocks
     checkpoint = trained / ARCH / "checkpoint_best.pt"
-    for args, subset, window in ((["--subset", "valid"], "valid", 0), (["--context-window", "16"], "test", 16)):
-        proc = ok(run_script("eval_lm.sh", checkpoint, tiny_data_bin, *args, env=TINY_ENV))
-        results = RESULT_RE.findall(proc.stdout)
-        assert len(results) == 1, proc.stdout
-        got_subset, got_window, tokens, loss, ppl = results[0]
-        assert (got_subset, int(got_window)) == (subset, window)
-        # every token of the split, end-of-line symbols included: fairseq's own count of the binarized split
-        assert int(tokens) == {"valid": 1687, "test": 1630}[subset]
-        assert math.isfinite(float(ppl)) and 1.0 < float(ppl) < 1000
-        assert float(ppl) == pytest.approx(2 ** float(loss), rel=1e-2)
+    proc = ok(run_script("eval_lm.sh", checkpoint, tiny_data_bin, "--subset", "valid", "--context-window", "16",
+                         env=TINY_ENV))
+    results = RESULT_RE.findall(proc.stdout)
+    assert len(results) == 1, proc.stdout
+    subset, window, tokens, loss, ppl = results[0]
+    assert (subset, window) == ("valid", "16")
+    assert int(tokens) == split_tokens(tiny_data_bin, "valid")  # every token of the split
+    assert math.isfinite(float(ppl)) and 1.0 < float(ppl) < 1000
+    assert float(ppl) == pytest.approx(2 ** float(loss), rel=1e-2)
 
 
 def test_eval_lm_fails_when_nothing_is_evaluated(trained, tiny_data_bin):
@@ -157,7 +165,8 @@ def test_eval_lm_fails_when_nothing_is_evaluated(trained, tiny_data_bin):
     proc = run_script("eval_lm.sh", checkpoint, tiny_data_bin, env={**TINY_ENV, "TOKENS_PER_SAMPLE": "4096"})
     assert proc.returncode != 0
     assert "Perplexity: 1.00" in proc.stderr  # the trap is real ...
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: fairseq-eval-lm evaluated 0 tokens of 1630")
+    expected = f"error: fairseq-eval-lm evaluated 0 tokens of {split_tokens(tiny_data_bin, 'test')}"
+    assert proc.stderr.strip().splitlines()[-1].startswith(expected)
     assert not RESULT_RE.search(proc.stdout)  # ... and no result line is printed
 
     one_line_error(run_script("eval_lm.sh", trained / "missing.pt", tiny_data_bin), "checkpoint", "not found")
@@ -271,7 +280,8 @@ def test_sweep_reuses_and_trains_then_writes_csv_table_and_plot(trained, tiny_da
     assert 0 < int(rows[ARCH]["params"]) < int(rows["hgrn2_lm_expand2"]["params"])
     for row in rows.values():
         assert row["num_updates"] == "3"
-        assert (int(row["valid_tokens"]), int(row["test_tokens"])) == (1687, 1630)
+        for subset in ("valid", "test"):
+            assert int(row[f"{subset}_tokens"]) == split_tokens(tiny_data_bin, subset)
         for key in ("valid_ppl", "test_ppl", "train_tokens_per_s"):
             assert math.isfinite(float(row[key])) and float(row[key]) > 0
 
