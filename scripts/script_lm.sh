@@ -10,8 +10,9 @@
 #
 # The global batch is GLOBAL_BATCH sequences (128 x 512 tokens) whatever the number of processes: the per-process
 # batch and --update-freq are derived from it, and a process count that cannot make it exactly is refused.
-# Outputs go to $SAVE_ROOT/ARCH: checkpoints, train.log (appended) and tensorboard/. Running the same command
-# again resumes from checkpoint_last.pt, and does nothing once MAX_UPDATE updates are done.
+# Outputs go to $SAVE_ROOT/ARCH: checkpoints, train.log (appended; train.node<N>.log on other nodes) and
+# tensorboard/. Running the same command again resumes from checkpoint_last.pt, and does nothing once MAX_UPDATE
+# updates are done.
 #
 # Environment: every value of configs/wikitext103.sh (or of $CONFIG), plus
 #   CPU_PROCS (1)  processes per node on CPU      NNODES (1), NODE_RANK (0)  several nodes: run once per node
@@ -61,7 +62,9 @@ for flag in "${EXTRA_FLAGS[@]}"; do
 done
 
 SAVE_DIR="$SAVE_ROOT/$ARCH"
+# node 0 has fairseq's progress log; other nodes keep their own (warnings only) beside it
 LOG_FILE="$SAVE_DIR/train.log"
+((10#$NODE_RANK == 0)) || LOG_FILE="$SAVE_DIR/train.node$((10#$NODE_RANK)).log"
 # Architecture, batch arithmetic, GPU count and the progress of an earlier run, checked by Python against the
 # plugin, torch and the checkpoint.
 PLAN="$("$PYTHON" "$REPO/scripts/launch_plan.py" --arch "$ARCH" --gpus "$NUM_GPUS" --nodes "$NNODES" \
@@ -94,11 +97,11 @@ TRAIN_FLAGS=(
 [[ "$DEVICE" == cpu ]] && TRAIN_FLAGS+=(--cpu)
 TRAIN_FLAGS+=("${EXTRA_FLAGS[@]}")
 
-WORKERS=$((PROCS * NNODES))
+WORKERS=$((PROCS * 10#$NNODES))
 if ((WORKERS == 1)); then
     # an explicit world size of 1: by default fairseq would spread over every visible GPU
     CMD=("$PYTHON" -m fairseq_cli.train "${TRAIN_FLAGS[@]}" --distributed-world-size 1)
-elif ((NNODES == 1)); then
+elif ((10#$NNODES == 1)); then
     CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$PROCS"
         "$REPO/scripts/train_worker.py" "${TRAIN_FLAGS[@]}")
 else
