@@ -80,7 +80,9 @@ def base_architecture(args) -> None:
 class HGRN2Decoder(FairseqIncrementalDecoder):
     """Scaled token embedding, ``decoder_layers`` pre-norm HGRN2 blocks, final LayerNorm, output projection.
 
-    No positional embeddings: the recurrence carries order.
+    No positional embeddings: the recurrence carries order. Incremental decoding keeps one recurrent state per
+    layer in fairseq's ``incremental_state``; ``reorder_incremental_state`` of each token mixer follows beam
+    search (fairseq calls it on every submodule).
     """
 
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
@@ -122,23 +124,40 @@ class HGRN2Decoder(FairseqIncrementalDecoder):
         src_lengths=None,
         **kwargs,
     ):
-        """``prev_output_tokens``: ``[B, T]``; returns logits ``[B, T, vocab]`` (or features) and an extra dict."""
+        """``prev_output_tokens``: ``[B, T]``; returns logits ``[B, T', vocab]`` (or features) and an extra dict.
+
+        ``T' = T`` without ``incremental_state`` and for a prompt; ``T' = 1`` for a decoding step (see
+        ``extract_features``).
+        """
         x, extra = self.extract_features(prev_output_tokens, incremental_state)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
 
     def extract_features(self, prev_output_tokens: torch.Tensor, incremental_state=None, **kwargs):
-        """Features ``[B, T, embed_dim]`` after the final LayerNorm.
+        """Features ``[B, T', embed_dim]`` after the final LayerNorm.
 
-        ``incremental_state`` is accepted for fairseq's generators; the whole prefix is recomputed each call.
+        With ``incremental_state`` (fairseq's decoding cache, as the sequence generator passes it), every token
+        is read once: the first call runs the whole prompt (``T' = T``) and leaves each layer's recurrent state
+        in the cache; later calls get the whole prefix, as fairseq's generators pass it, and run only its last
+        token (``T' = 1``) as one recurrent step. The cache has the same size whatever the context length.
         """
-        x = self.dropout(self.embed_scale * self.embed_tokens(prev_output_tokens))  # [B, T, embed_dim]
+        if incremental_state is not None and self.layers[0].token_mixer.has_decoding_state(incremental_state):
+            prev_output_tokens = prev_output_tokens[:, -1:]  # [B, T] -> [B, 1]: only the new token
+        x = self.dropout(self.embed_scale * self.embed_tokens(prev_output_tokens))  # [B, T', embed_dim]
         gamma = self.lower_bounds()  # [L, inner_dim]
         for index, layer in enumerate(self.layers):
             # layer 0 has no bound: gamma[0] is exactly 0, and log(0) would poison the gradient
-            x, _ = layer(x, gamma[index] if index > 0 else None)
+            x, _ = layer(x, gamma[index] if index > 0 else None, incremental_state=incremental_state)
         return self.final_norm(x), {"attn": [None], "inner_states": [x]}
+
+    def decoding_state_numel(self, incremental_state) -> int:
+        """Number of scalars this decoder keeps in ``incremental_state`` (constant in the context length)."""
+        total = 0
+        for layer in self.layers:
+            saved = layer.token_mixer.get_incremental_state(incremental_state, "recurrent_state") or {}
+            total += sum(t.numel() for t in saved.values() if t is not None)
+        return total
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
         return self.output_projection(features)

@@ -1,5 +1,5 @@
 """One pre-norm HGRN2 residual block."""
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,10 +25,19 @@ class HGRN2Block(nn.Module):
         lower_bound: Optional[torch.Tensor],
         initial_state: Optional[torch.Tensor] = None,
         output_final_state: bool = False,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[torch.Tensor]]]] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``x``: ``[B, T, embed_dim]``; returns the new ``x`` and the mixer's final state (see the mixer)."""
+        """``x``: ``[B, T, embed_dim]``; returns the new ``x`` and the mixer's final state (see the mixer).
+
+        With ``incremental_state`` (fairseq's decoding cache), ``x`` holds only the new tokens and the mixer
+        carries its recurrent state there; the rest of the block is position-wise and needs no state.
+        """
         mixed, final_state = self.token_mixer(
-            self.mixer_norm(x), lower_bound, initial_state=initial_state, output_final_state=output_final_state
+            self.mixer_norm(x),
+            lower_bound,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            incremental_state=incremental_state,
         )
         x = x + self.dropout(mixed)
         x = x + self.dropout(self.glu(self.glu_norm(x)))
