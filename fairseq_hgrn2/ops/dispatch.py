@@ -1,8 +1,11 @@
 """The one dispatch point between the models and the implementations of the recurrence.
 
-``HGRN2_BACKEND=auto|torch|reference`` (environment) or the ``backend`` argument picks the implementation;
-``auto`` resolves to the fastest one available for the tensors' device.
+``HGRN2_BACKEND=auto|triton|torch|reference`` (environment) or the ``backend`` argument picks the implementation;
+``auto`` resolves to the fastest one available for the tensors' device: ``triton`` for CUDA tensors when triton
+is installed, ``torch`` otherwise. The Triton kernels are imported on first use only, so importing this module
+never imports triton.
 """
+import importlib.util
 import logging
 import os
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
@@ -23,20 +26,49 @@ class Backend(NamedTuple):
     step: Callable
 
 
+def _triton_recurrence(*args, **kwargs):
+    """``hgrn2_recurrence_triton``, imported on first call (importing it imports triton)."""
+    from .triton import hgrn2_recurrence_triton
+
+    return hgrn2_recurrence_triton(*args, **kwargs)
+
+
+def _triton_step(*args, **kwargs):
+    """``hgrn2_recurrent_step_triton``, imported on first call."""
+    from .triton import hgrn2_recurrent_step_triton
+
+    return hgrn2_recurrent_step_triton(*args, **kwargs)
+
+
 BACKENDS: Dict[str, Backend] = {
+    "triton": Backend(chunk=_triton_recurrence, step=_triton_step),
     "torch": Backend(chunk=hgrn2_recurrence_chunk_torch, step=hgrn2_recurrent_step_torch),
     "reference": Backend(chunk=hgrn2_recurrence_ref, step=hgrn2_recurrent_step_torch),
 }
 _logged = set()
 
 
+def triton_available() -> bool:
+    """Whether triton is installed (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
     """Name of the implementation used for tensors on ``device``: ``backend`` if given, else ``HGRN2_BACKEND``."""
     name = backend or os.environ.get("HGRN2_BACKEND", "auto")
     if name == "auto":
-        name = "torch"
+        name = "triton" if device.type == "cuda" and triton_available() else "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown HGRN2 backend {name!r}: choose one of auto, {', '.join(sorted(BACKENDS))}")
+    if name == "triton" and not (triton_available() and _triton_runs_on(device)):
+        raise ValueError(
+            f"HGRN2 backend 'triton' needs triton installed and CUDA tensors (or TRITON_INTERPRET=1), "
+            f"got {device.type} tensors{'' if triton_available() else ' and no triton'}"
+        )
     if (name, device.type) not in _logged:
         _logged.add((name, device.type))
         logger.info("HGRN2 recurrence backend on %s: %s", device.type, name)
