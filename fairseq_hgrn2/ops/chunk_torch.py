@@ -35,80 +35,94 @@ def stable_chunk_size(g: torch.Tensor, chunk_size: int) -> int:
     """Largest power-of-two fraction of ``chunk_size`` whose chunks all have a log-decay range <= MAX_LOG_RANGE.
 
     Args:
-        g: ``[Z, T, K]`` log decays (``<= 0``), compute dtype.
-        chunk_size: the largest chunk size allowed.
+        g: ``[B, T, H, K]`` log decays (``<= 0``).
+        chunk_size: the largest chunk size allowed (a power of two).
     """
-    Z, T, K = g.shape
+    B, T, H, K = g.shape
     C = chunk_size
     while C > 1:
         pad = -T % C
-        gp = F.pad(g, (0, 0, 0, pad)) if pad else g
-        # [Z, T', K] -> [Z, N, C, K]: minus the chunk sum bounds the range b_first - b_last from above
-        if -gp.reshape(Z, -1, C, K).sum(2).min().item() <= MAX_LOG_RANGE:
+        gp = F.pad(g, (0, 0, 0, 0, 0, pad)) if pad else g
+        # [B, T', H, K] -> [B, N, C, H, K]: minus the chunk sum bounds the range b_first - b_last from above
+        if -gp.reshape(B, -1, C, H, K).sum(2, dtype=torch.float64).min().item() <= MAX_LOG_RANGE:
             break
         C //= 2
     return C
 
 
-def _chunk_scaled(q, k, g, C):
-    """``qt``, ``kt``, ``scale = exp(b - r)`` (``[Z, N, C, K]``), ``r`` and ``b_last`` (``[Z, N, 1, K]``)."""
-    b = g.cumsum(dim=2)  # [Z, N, C, K], chunk-local cumulative log decay, non-increasing in C
-    b_last = b[:, :, -1:]  # [Z, N, 1, K]
-    r = 0.5 * (b[:, :, :1] + b_last)  # [Z, N, 1, K]
-    scale = torch.exp(b - r)  # [Z, N, C, K], within exp(+-MAX_LOG_RANGE / 2)
+def _chunk_scaled(q, k, g):
+    """``qt``, ``kt``, ``scale = exp(b - r)`` (``[N, Z, C, K]``), ``r`` and ``b_last`` (``[N, Z, 1, K]``)."""
+    b = g.cumsum(dim=2)  # [N, Z, C, K], chunk-local cumulative log decay, non-increasing in C
+    b_last = b[:, :, -1:].clone()  # [N, Z, 1, K]
+    r = 0.5 * (b[:, :, :1] + b_last)  # [N, Z, 1, K]
+    scale = b.sub_(r).exp_()  # [N, Z, C, K], exp(b - r), within exp(+-MAX_LOG_RANGE / 2)
     return q * scale, k / scale, scale, r, b_last
 
 
 def _start_states(kt, v, r, b_last, state):
-    """States at the start of each chunk ``[Z, N, K, V]`` and the final state ``[Z, K, V]``."""
-    updates = (torch.exp(b_last - r).transpose(-1, -2) * (kt.transpose(-1, -2) @ v))  # [Z, N, K, V]
-    decay = torch.exp(b_last).transpose(-1, -2)  # [Z, N, K, 1]
+    """States at the start of each chunk ``[N, Z, K, V]`` and the final state ``[Z, K, V]``."""
+    updates = kt.transpose(-1, -2) @ v  # [N, Z, K, V]
+    updates.mul_(torch.exp(b_last - r).transpose(-1, -2))
+    decay = torch.exp(b_last).transpose(-1, -2)  # [N, Z, K, 1]
     starts = torch.empty_like(updates)
-    for n in range(updates.shape[1]):
-        starts[:, n] = state
-        state = torch.addcmul(updates[:, n], decay[:, n], state)
+    for n in range(updates.shape[0]):
+        starts[n] = state
+        state = torch.addcmul(updates[n], decay[n], state)
     return starts, state
 
 
 def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, T, H, D]`` -> ``[B*H, N, C, D]`` in ``dtype``, zero-padded to whole chunks."""
+    """``[B, T, H, D]`` -> ``[N, B*H, C, D]`` in ``dtype``, zero-padded to whole chunks."""
     B, T, H, D = x.shape
-    x = x.to(dtype).transpose(1, 2)  # [B, H, T, D]
     pad = -T % C
     if pad:
         # padded rows have g = 0 (no decay) and q = k = v = 0: they change neither outputs nor the state
-        x = F.pad(x, (0, 0, 0, pad))
-    return x.reshape(B * H, -1, C, D)  # [B*H, N, C, D]
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+    x = x.reshape(B, -1, C, H, D).permute(1, 0, 3, 2, 4)  # [B, N, C, H, D] -> [N, B, H, C, D]
+    return x.to(dtype=dtype, memory_format=torch.contiguous_format).reshape(-1, B * H, C, D)  # [N, B*H, C, D]
 
 
 def _from_chunks(x: torch.Tensor, B: int, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B*H, N, C, D]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
-    Z, N, C, D = x.shape
-    return x.reshape(B, Z // B, N * C, D)[:, :, :T].transpose(1, 2).to(dtype)  # [B, T, H, D]
+    """``[N, B*H, C, D]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
+    N, Z, C, D = x.shape
+    x = x.reshape(N, B, Z // B, C, D).permute(1, 0, 3, 2, 4)  # [N, B, H, C, D] -> [B, N, C, H, D]
+    return x.reshape(B, N * C, Z // B, D)[:, :T].to(dtype)  # [B, T, H, D]
+
+
+def _reverse_cumsum_in_time(x: torch.Tensor) -> torch.Tensor:
+    """``y_t = sum_{s >= t} x_s`` over the time axes ``(N, C)`` of ``x`` ``[N, Z, C, K]``."""
+    within = x.flip(2).cumsum(2).flip(2)  # [N, Z, C, K], suffix sums inside each chunk
+    totals = within[:, :, :1]  # [N, Z, 1, K], sum of each chunk
+    later = torch.zeros_like(totals)  # [N, Z, 1, K], sum of all the later chunks
+    later[:-1] = totals[1:].flip(0).cumsum(0).flip(0)
+    return within.add_(later)
 
 
 class _ChunkedRecurrence(torch.autograd.Function):
-    """Forward and backward of the chunked recurrence on ``[B, T, H, *]`` tensors (see the module docstring)."""
+    """Forward and backward of the chunked recurrence on ``[B, T, H, *]`` tensors (see the module docstring).
+
+    Inside, tensors are ``[N, Z, C, D]`` (chunk, batch*head, row, channel) so that each chunk's slice of the
+    sequential state loop is contiguous.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, g, h0, chunk_size):
         B, T, H, K = q.shape
         V = v.shape[-1]
         cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-        g_c = g.to(cd).transpose(1, 2).reshape(B * H, T, K)  # [B, T, H, K] -> [B*H, T, K]
-        C = stable_chunk_size(g_c, min(chunk_size, T))
+        C = stable_chunk_size(g, min(chunk_size, T))
         q_, k_, v_, g_ = (_to_chunks(x, C, cd) for x in (q, k, v, g))
-        state = q_.new_zeros(B * H, K, V) if h0 is None else h0.to(cd).reshape(B * H, K, V)  # [B*H, K, V]
-        qt, kt, _, r, b_last = _chunk_scaled(q_, k_, g_, C)
+        state = q_.new_zeros(B * H, K, V) if h0 is None else h0.to(cd).reshape(B * H, K, V)  # [Z, K, V]
+        qt, kt, _, r, b_last = _chunk_scaled(q_, k_, g_)
         starts, final = _start_states(kt, v_, r, b_last, state)
-        scores = torch.tril(qt @ kt.transpose(-1, -2))  # [Z, N, C, C]
-        o = torch.baddbmm(
-            (scores @ v_).flatten(0, 1), qt.flatten(0, 1), (torch.exp(r).transpose(-1, -2) * starts).flatten(0, 1)
-        )  # [Z*N, C, V]
+        scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+        o = scores @ v_  # [N, Z, C, V]
+        o.view(-1, C, V).baddbmm_(  # [N*Z, C, V]
+            qt.reshape(-1, C, K), starts.mul_(torch.exp(r).transpose(-1, -2)).reshape(-1, K, V)
+        )
         ctx.save_for_backward(q, k, v, g, h0)
         ctx.chunk = C
-        ctx.h0_dtype = None if h0 is None else h0.dtype
-        return _from_chunks(o.view(B * H, -1, C, V), B, T, q.dtype), final.view(B, H, K, V)
+        return _from_chunks(o, B, T, q.dtype), final.view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, d_final):
@@ -120,44 +134,41 @@ class _ChunkedRecurrence(torch.autograd.Function):
         cd = torch.float64 if q.dtype == torch.float64 else torch.float32
         q_, k_, v_, g_, do_ = (_to_chunks(x, C, cd) for x in (q, k, v, g, do))
         state = q_.new_zeros(Z, K, V) if h0 is None else h0.to(cd).reshape(Z, K, V)  # [Z, K, V]
-        qt, kt, scale, r, b_last = _chunk_scaled(q_, k_, g_, C)
+        qt, kt, scale, r, b_last = _chunk_scaled(q_, k_, g_)
         starts, final = _start_states(kt, v_, r, b_last, state)
-        exp_r = torch.exp(r).transpose(-1, -2)  # [Z, N, K, 1]
-        decay = torch.exp(b_last).transpose(-1, -2)  # [Z, N, K, 1]
-        to_end = torch.exp(b_last - r)  # [Z, N, 1, K]
+        exp_r = torch.exp(r).transpose(-1, -2)  # [N, Z, K, 1]
+        decay = torch.exp(b_last).transpose(-1, -2)  # [N, Z, K, 1]
 
-        # gradient of the state at the start of each chunk, from the last chunk back to the first
-        local = exp_r * (qt.transpose(-1, -2) @ do_)  # [Z, N, K, V], from this chunk's outputs
+        # gradient of the state at the end of each chunk, from the last chunk back to the first
+        local = (qt.transpose(-1, -2) @ do_).mul_(exp_r)  # [N, Z, K, V], from this chunk's outputs
         d_final = d_final.to(cd).reshape(Z, K, V)  # [B, H, K, V] -> [Z, K, V]
-        d_next = torch.empty_like(local)  # [Z, N, K, V]: gradient of the state at the end of chunk n
+        d_end = torch.empty_like(local)  # [N, Z, K, V]
         grad = d_final
-        for n in range(local.shape[1] - 1, -1, -1):
-            d_next[:, n] = grad
-            grad = torch.addcmul(local[:, n], decay[:, n], grad)
-        d_h0 = grad
+        for n in range(local.shape[0] - 1, -1, -1):
+            d_end[n] = grad
+            grad = torch.addcmul(local[n], decay[n], grad)
+        d_h0 = None if h0 is None else grad.view(B, H, K, V).to(h0.dtype)
+        del local
 
-        d_scores = torch.tril(do_ @ v_.transpose(-1, -2))  # [Z, N, C, C]
-        scores = torch.tril(qt @ kt.transpose(-1, -2))  # [Z, N, C, C]
-        d_update = to_end.transpose(-1, -2) * d_next  # [Z, N, K, V], gradient of kt^T @ V
-        dqt = torch.baddbmm(
-            (d_scores @ kt).flatten(0, 1), do_.flatten(0, 1), (exp_r * starts).transpose(-1, -2).flatten(0, 1)
-        ).view_as(qt)  # [Z, N, C, K]
-        dkt = torch.baddbmm(
-            (d_scores.transpose(-1, -2) @ qt).flatten(0, 1), v_.flatten(0, 1), d_update.transpose(-1, -2).flatten(0, 1)
-        ).view_as(kt)  # [Z, N, C, K]
-        dv = torch.baddbmm(
-            (scores.transpose(-1, -2) @ do_).flatten(0, 1), kt.flatten(0, 1), d_update.flatten(0, 1)
-        ).view_as(v_)  # [Z, N, C, V]
-        # q = qt / scale and k = kt * scale: q dq = qt dqt, k dk = kt dkt
-        dB = (qt * dqt - kt * dkt).reshape(Z, -1, K)  # [Z, N*C, K], gradient of the global cumsum of g
-        dg = dB.flip(1).cumsum(1).flip(1) + (final * d_final).sum(-1).unsqueeze(1)  # [Z, N*C, K]
-        dq = dqt * scale
-        dk = dkt / scale
-        dg = dg.view(Z, -1, C, K)  # [Z, N*C, K] -> [Z, N, C, K]
-        d_h0 = None if h0 is None else d_h0.view(B, H, K, V).to(ctx.h0_dtype)
+        d_update = d_end.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V], gradient of kt^T @ V
+        d_scores = torch.matmul(do_, v_.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+        dqt = d_scores @ kt  # [N, Z, C, K]
+        dqt.view(-1, C, K).baddbmm_(  # [N*Z, C, K]
+            do_.reshape(-1, C, V), starts.mul_(exp_r).transpose(-1, -2).reshape(-1, V, K)
+        )
+        dkt = d_scores.transpose(-1, -2) @ qt  # [N, Z, C, K]
+        dkt.view(-1, C, K).baddbmm_(v_.reshape(-1, C, V), d_update.transpose(-1, -2).reshape(-1, V, K))
+        del d_scores
+        scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+        dv = scores.transpose(-1, -2) @ do_  # [N, Z, C, V]
+        dv.view(-1, C, V).baddbmm_(kt.reshape(-1, C, K), d_update.reshape(-1, K, V))
+        del scores
+        # q = qt / scale and k = kt * scale: q dq = qt dqt and k dk = kt dkt
+        dg = _reverse_cumsum_in_time(qt.mul_(dqt).sub_(kt.mul_(dkt)))  # [N, Z, C, K]
+        dg.add_((final * d_final).sum(-1).unsqueeze(-2))  # + sum_v S_T dS_T, [Z, 1, K] broadcast
         return (
-            _from_chunks(dq, B, T, q.dtype),
-            _from_chunks(dk, B, T, k.dtype),
+            _from_chunks(dqt.mul_(scale), B, T, q.dtype),
+            _from_chunks(dkt.div_(scale), B, T, k.dtype),
             _from_chunks(dv, B, T, v.dtype),
             _from_chunks(dg, B, T, g.dtype),
             d_h0,
