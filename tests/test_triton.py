@@ -4,6 +4,7 @@
 ``triton_kernel_cases.py`` and run through ``python -m pytest`` in a fresh process; its failures fail these tests
 with the child's output.
 """
+import csv
 import os
 import subprocess
 import sys
@@ -52,3 +53,32 @@ def test_kernels_under_the_interpreter(selection):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"interpreter cases '{selection}' failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     assert " passed" in proc.stdout and " deselected" in proc.stdout, proc.stdout[-2000:]
+
+
+@needs_triton
+def test_gpu_bench_runs_on_cpu_under_the_interpreter(tmp_path):
+    """The benchmark's plumbing (timings, CSV, ratio table) on tiny shapes; the real run is gpu_check.sh."""
+    out = tmp_path / "bench.csv"
+    cmd = [
+        sys.executable, str(REPO / "benchmarks/gpu_bench.py"), "--csv", str(out), "--device", "cpu",
+        "--T", "16", "--e", "4,16", "--B", "1", "--d", "32", "--budget-s", "0",
+    ]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert {(r["impl"], r["e"]) for r in rows} == {
+        (impl, e) for impl in ("triton", "torch_chunk", "sdpa_causal") for e in ("4", "16")
+    }
+    assert all(float(r["ms"]) > 0 and not r["error"] for r in rows), rows
+    assert "torch_chunk/triton" in proc.stdout
+
+
+def test_gpu_check_rejects_bad_input_and_a_missing_gpu(tmp_path):
+    script = REPO / "benchmarks/gpu_check.sh"
+    proc = subprocess.run(["bash", str(script), "a", "b"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+    if not torch.cuda.is_available():
+        env = {**os.environ, "PYTHON": sys.executable}
+        proc = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1 and "sees no CUDA GPU" in proc.stderr

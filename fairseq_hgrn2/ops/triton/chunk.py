@@ -25,14 +25,13 @@ _CONFIGS = autotune_configs(
     [
         {"num_warps": 4, "num_stages": 1},
         {"num_warps": 8, "num_stages": 1},
-        {"num_warps": 4, "num_stages": 2},
-        {"num_warps": 8, "num_stages": 2},
+        {"num_warps": 2, "num_stages": 1},
     ]
 )
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "BK", "BV"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _chunk_fwd_kernel(
     q, k, v, g, h0, o, ht,
     T,
@@ -74,7 +73,7 @@ def _chunk_fwd_kernel(
         # intra-chunk scores, one key row j at a time; b_j is rebuilt by a running sum of the g rows
         scores = tl.zeros([C, C], dtype=tl.float32)
         b_j = tl.zeros([BK], dtype=tl.float32)
-        p_j = base_k + n * C * H * K + ck  # [BK]
+        p_j = base_k + tl.cast(n * C, tl.int64) * (H * K) + ck  # [BK]
         for j in range(C):
             m_j = mk & (n * C + j < T)
             k_j = tl.load(k + p_j, mask=m_j, other=0.0).to(tl.float32)
@@ -91,7 +90,7 @@ def _chunk_fwd_kernel(
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "BK", "BV"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _chunk_bwd_kernel(
     q, k, v, g, h0, do, dht, dq, dk, dv, dh0,
     T, BH,
@@ -110,7 +109,7 @@ def _chunk_bwd_kernel(
     mv = cv < V
     base_k = i_b * T * H * K + i_h * K
     base_v = i_b * T * H * V + i_h * V
-    part = i_v.to(tl.int64) * (BH * T * K)  # dq, dk: partial sums over value blocks, [NV, B, T, H, K]
+    part = i_v.to(tl.int64) * BH * T * K  # dq, dk: partial sums over value blocks, [NV, B, T, H, K]
     p_s = i_bh * K * V + ck[:, None] * V + cv[None, :]
     m_s = mk[:, None] & mv[None, :]
     n_chunks = tl.cdiv(T, C)
@@ -135,7 +134,7 @@ def _chunk_bwd_kernel(
         b_dq = tl.dot(b_do, tl.trans(state)) * tl.exp(b_b)  # [C, BK]
         do_v = tl.dot(b_do, tl.trans(b_v))  # [C, C]: do_i . v_j
         b_j = tl.zeros([BK], dtype=tl.float32)
-        p_j = base_k + n * C * H * K + ck
+        p_j = base_k + tl.cast(n * C, tl.int64) * (H * K) + ck
         for j in range(C):
             m_j = mk & (n * C + j < T)
             k_j = tl.load(k + p_j, mask=m_j, other=0.0).to(tl.float32)
@@ -173,7 +172,7 @@ def _chunk_bwd_kernel(
         do_v = tl.dot(b_do, tl.trans(b_v))  # [C, C]: do_j . v_i
         scores = tl.zeros([C, C], dtype=tl.float32)
         b_j = tl.zeros([BK], dtype=tl.float32)
-        p_j = base_k + n * C * H * K + ck
+        p_j = base_k + tl.cast(n * C, tl.int64) * (H * K) + ck
         for j in range(C):
             m_j = mk & (n * C + j < T)
             q_j = tl.load(q + p_j, mask=m_j, other=0.0).to(tl.float32)

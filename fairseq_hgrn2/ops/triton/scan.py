@@ -16,7 +16,7 @@ import triton.language as tl
 from .common import gate_gradient, next_power_of_2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _scan_fwd_kernel(
     q, k, v, g, h0, o, ht,
     T, BH,
@@ -55,7 +55,7 @@ def _scan_fwd_kernel(
         tl.store(ht + p_s, state, mask=m_s)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _scan_bwd_kernel(
     q, k, v, g, h0, do, dht, dq, dk, dv, dh0,
     T, BH,
@@ -76,7 +76,7 @@ def _scan_bwd_kernel(
     base_k = i_b[:, None] * T * H * K + i_h[:, None] * K + ck[None, :]  # [NH, BK] int64
     base_v = i_b[:, None] * T * H * V + i_h[:, None] * V + cv[None, :]  # [NH, BV] int64
     # dq and dk are partial sums over this program's value block: one slice of [NV, B, T, H, K] each
-    part = i_v.to(tl.int64) * (BH * T * K)
+    part = i_v.to(tl.int64) * BH * T * K
     p_s = bh64[:, None, None] * K * V + ck[None, :, None] * V + cv[None, None, :]
     m_s = m_k[:, :, None] & m_v[:, None, :]
 
@@ -101,8 +101,8 @@ def _scan_bwd_kernel(
     d_state = tl.zeros([NH, BK, BV], dtype=tl.float32)
     if HAS_DHT:
         d_state += tl.load(dht + p_s, mask=m_s, other=0.0).to(tl.float32)
-    p_k = base_k + (T - 1) * H * K
-    p_v = base_v + (T - 1) * H * V
+    p_k = base_k + tl.cast(T - 1, tl.int64) * (H * K)
+    p_v = base_v + tl.cast(T - 1, tl.int64) * (H * V)
     for _ in range(T):
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
@@ -123,8 +123,8 @@ def _scan_bwd_kernel(
 
 def scan_tiles(K: int, V: int, BH: int) -> Tuple[int, int, int, int]:
     """``(NH, BK, BV, num_warps)``: heads per program and the state tile, about 2K fp32 values per program."""
-    BK = next_power_of_2(K)
-    BV = min(next_power_of_2(V), max(1, 4096 // BK))
+    BK = max(2, next_power_of_2(K))  # no tile dimension of 1
+    BV = max(2, min(next_power_of_2(V), 4096 // BK))
     NH = max(1, min(16, next_power_of_2(BH), 2048 // (BK * BV)))
     num_warps = 4 if NH * BK * BV >= 1024 else 1
     return NH, BK, BV, num_warps
