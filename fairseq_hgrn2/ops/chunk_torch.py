@@ -64,11 +64,12 @@ def _start_states(kt, v, r, b_last, state):
     updates = kt.transpose(-1, -2) @ v  # [N, Z, K, V]
     updates.mul_(torch.exp(b_last - r).transpose(-1, -2))
     decay = torch.exp(b_last).transpose(-1, -2)  # [N, Z, K, 1]
+    N = updates.shape[0]
     starts = torch.empty_like(updates)
-    for n in range(updates.shape[0]):
-        starts[n] = state
-        state = torch.addcmul(updates[n], decay[n], state)
-    return starts, state
+    starts[0] = state
+    for n in range(N - 1):  # one op per chunk: S_{n+1} = decay_n * S_n + U_n, written in place
+        torch.addcmul(updates[n], decay[n], starts[n], out=starts[n + 1])
+    return starts, torch.addcmul(updates[N - 1], decay[N - 1], starts[N - 1])
 
 
 def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
@@ -142,12 +143,12 @@ class _ChunkedRecurrence(torch.autograd.Function):
         # gradient of the state at the end of each chunk, from the last chunk back to the first
         local = (qt.transpose(-1, -2) @ do_).mul_(exp_r)  # [N, Z, K, V], from this chunk's outputs
         d_final = d_final.to(cd).reshape(Z, K, V)  # [B, H, K, V] -> [Z, K, V]
+        N = local.shape[0]
         d_end = torch.empty_like(local)  # [N, Z, K, V]
-        grad = d_final
-        for n in range(local.shape[0] - 1, -1, -1):
-            d_end[n] = grad
-            grad = torch.addcmul(local[n], decay[n], grad)
-        d_h0 = None if h0 is None else grad.view(B, H, K, V).to(h0.dtype)
+        d_end[N - 1] = d_final
+        for n in range(N - 1, 0, -1):  # dS_end[n-1] = decay_n * dS_end[n] + local_n
+            torch.addcmul(local[n], decay[n], d_end[n], out=d_end[n - 1])
+        d_h0 = None if h0 is None else torch.addcmul(local[0], decay[0], d_end[0]).view(B, H, K, V).to(h0.dtype)
         del local
 
         d_update = d_end.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V], gradient of kt^T @ V
