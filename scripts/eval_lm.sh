@@ -43,6 +43,12 @@ require_int EVAL_MAX_TOKENS 1
 ((10#$CONTEXT_WINDOW < 10#$TOKENS_PER_SAMPLE)) ||
     die "--context-window $CONTEXT_WINDOW must be below --tokens-per-sample $TOKENS_PER_SAMPLE (it is part of each block)"
 
+EXPECTED="$("$PYTHON" "$REPO/scripts/dataset_tokens.py" "$DATA_DIR" "$SUBSET")"
+((EXPECTED > 0)) ||
+    die "split '$SUBSET' of '$DATA_DIR' is empty (0 tokens): nothing to evaluate; binarize a non-empty one with fairseq-preprocess"
+# A truncated checkpoint or one trained on another dictionary: one clear line, instead of fairseq's traceback
+"$PYTHON" "$REPO/scripts/checkpoint_info.py" "$CHECKPOINT" --data "$DATA_DIR" >/dev/null || exit 2
+
 OUTPUT="$(mktemp)"
 trap 'rm -f "$OUTPUT"' EXIT
 log "scoring $SUBSET of $DATA_DIR with $CHECKPOINT (blocks of $TOKENS_PER_SAMPLE, context window $CONTEXT_WINDOW)"
@@ -57,7 +63,6 @@ TOKENS="$(sed -n 's/.*Evaluated \([0-9,]*\) tokens.*/\1/p' "$OUTPUT" | tail -n 1
 LOSS="$(sed -n 's/.*Loss (base 2): \([^,]*\),.*/\1/p' "$OUTPUT" | tail -n 1)"
 PPL="$(sed -n 's/.*Perplexity: \([0-9.,a-z]*\).*/\1/p' "$OUTPUT" | tail -n 1 | tr -d ,)"
 [[ -n "$TOKENS" && -n "$PPL" ]] || die "no perplexity in the output of fairseq-eval-lm"
-EXPECTED="$("$PYTHON" "$REPO/scripts/dataset_tokens.py" "$DATA_DIR" "$SUBSET")"
 ((TOKENS > 0)) ||
     die "fairseq-eval-lm evaluated 0 tokens of $EXPECTED, so its perplexity $PPL means nothing; is --tokens-per-sample $TOKENS_PER_SAMPLE longer than the model was trained on?"
 ((TOKENS == EXPECTED)) ||

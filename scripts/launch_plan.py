@@ -2,18 +2,23 @@
 """Check a training launch and work out its batch layout; scripts/script_lm.sh calls this before starting.
 
     python scripts/launch_plan.py --arch ARCH --gpus N [--nodes M] [--cpu-procs P] [--global-batch G]
-                                  [--batch-size B] [--checkpoint checkpoint_last.pt]
+                                  [--batch-size B] [--checkpoint checkpoint_last.pt] [--init-checkpoint CKPT]
     python scripts/launch_plan.py --list-archs
 
 Checks that ARCH is one of the plugin's architectures, that the global batch splits evenly over the processes,
 and that this machine has the GPUs asked for. On success prints one line, ``DEVICE PROCS_PER_NODE BATCH
 UPDATE_FREQ DONE_UPDATES`` (the updates in --checkpoint, 0 without one), and explains the layout on stderr; on
 failure prints a one-line error and exits 2. One process does all of it: importing fairseq takes seconds.
+
+A checkpoint given (--checkpoint if it exists, --init-checkpoint always) must be readable and hold ARCH: a truncated
+file or another architecture's model is refused here, before anything is written.
 """
 import argparse
 import logging
 import os
 import sys
+
+from fairseq_hgrn2.checkpoints import CheckpointError
 
 
 def architectures() -> list:
@@ -22,6 +27,19 @@ def architectures() -> list:
     from fairseq_hgrn2.models.hgrn2_lm import ARCHITECTURES
 
     return list(ARCHITECTURES)
+
+
+def check_checkpoint(path: str, arch: str) -> dict:
+    """checkpoint_info of ``path``; raises CheckpointError unless it is readable and holds a model of ``arch``."""
+    from checkpoint_info import checkpoint_info
+
+    info = checkpoint_info(path)
+    if info["arch"] != arch:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {info['arch']} model, not {arch}: give its architecture, "
+            "or move the checkpoint away (or set SAVE_ROOT to another folder) to train a new model"
+        )
+    return info
 
 
 def batch_layout(global_batch: int, workers: int, max_batch: int) -> tuple:
@@ -50,6 +68,7 @@ def main() -> int:
     parser.add_argument("--global-batch", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16, help="most sequences per process per step")
     parser.add_argument("--checkpoint", help="a checkpoint to resume from, if it exists: its updates are reported")
+    parser.add_argument("--init-checkpoint", help="a checkpoint the run starts from (--finetune-from-model)")
     args = parser.parse_args()
 
     if args.list_archs:
@@ -81,16 +100,20 @@ def main() -> int:
         print(f"error: unknown architecture '{args.arch}'; choose one of: {' '.join(names)}", file=sys.stderr)
         return 2
 
+    done_updates = 0
+    try:
+        if args.init_checkpoint:
+            check_checkpoint(args.init_checkpoint, args.arch)
+        if args.checkpoint and os.path.exists(args.checkpoint):
+            done_updates = check_checkpoint(args.checkpoint, args.arch)["num_updates"]
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         f"[launch_plan] {args.global_batch} sequences per update = {workers} processes ({procs} {device} x "
         f"{args.nodes} node(s)) x {batch} sequences x --update-freq {update_freq}",
         file=sys.stderr,
     )
-    done_updates = 0
-    if args.checkpoint and os.path.exists(args.checkpoint):
-        from checkpoint_info import checkpoint_info
-
-        done_updates = checkpoint_info(args.checkpoint)["num_updates"]
     print(device, procs, batch, update_freq, done_updates)
     return 0
 

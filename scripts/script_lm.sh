@@ -32,6 +32,15 @@ EXTRA_FLAGS=("$@")
 [[ "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS must be a number of GPUs per node (0 for CPU), got '$NUM_GPUS'"
 [[ -d "$DATA_DIR" ]] || die "data dir '$DATA_DIR' not found (scripts/prepare_wikitext103.sh builds one)"
 [[ -f "$DATA_DIR/dict.txt" ]] || die "'$DATA_DIR' has no dict.txt: not a fairseq-preprocess output"
+# fairseq-train crashes on an empty split only once it has started ("cannot mmap an empty file")
+SPLITS=(train valid)
+[[ " ${EXTRA_FLAGS[*]} " == *" --disable-validation "* ]] && SPLITS=(train)
+for split in "${SPLITS[@]}"; do
+    [[ -f "$DATA_DIR/$split.idx" ]] || die "'$DATA_DIR' has no split '$split' ($split.idx): binarize it with fairseq-preprocess"
+    split_tokens="$("$PYTHON" "$REPO/scripts/dataset_tokens.py" "$DATA_DIR" "$split")"
+    ((split_tokens > 0)) ||
+        die "split '$split' of '$DATA_DIR' is empty (0 tokens): binarize a non-empty one with fairseq-preprocess"
+done
 
 : "${CPU_PROCS:=1}" "${NNODES:=1}" "${NODE_RANK:=0}" "${MASTER_ADDR:=}" "${MASTER_PORT:=29500}"
 for name in CPU_PROCS NNODES GLOBAL_BATCH BATCH_SIZE TOKENS_PER_SAMPLE MAX_UPDATE LOG_INTERVAL; do
@@ -55,6 +64,8 @@ for flag in "${EXTRA_FLAGS[@]}"; do
         --batch-size | --max-sentences | --max-tokens | --update-freq | --tokens-per-sample)
             die "$flag is derived from GLOBAL_BATCH, BATCH_SIZE and TOKENS_PER_SAMPLE; set those in the environment" ;;
         --save-dir | --tensorboard-logdir) die "$flag is derived from SAVE_ROOT; set SAVE_ROOT in the environment" ;;
+        # fairseq reloads a --restore-file on every run, so a rerun would restart from it instead of resuming
+        --restore-file) die "--restore-file would make every rerun start again from that file; to continue a checkpoint, copy it to \$SAVE_ROOT/$ARCH/checkpoint_last.pt, to start from one, use --finetune-from-model" ;;
         --arch | --user-dir | --cpu | --distributed-world-size | --distributed-rank | --device-id | \
             --distributed-init-method | --distributed-backend | --distributed-no-spawn)
             die "$flag is set by script_lm.sh from its arguments (ARCH, NUM_GPUS) and NNODES" ;;
@@ -62,6 +73,14 @@ for flag in "${EXTRA_FLAGS[@]}"; do
 done
 
 SAVE_DIR="$SAVE_ROOT/$ARCH"
+# a model to start from: read by fairseq on the first launch only, checked here like checkpoint_last.pt
+INIT_CHECKPOINT=()
+for ((i = 0; i < ${#EXTRA_FLAGS[@]}; i++)); do
+    case "${EXTRA_FLAGS[i]}" in
+        --finetune-from-model) INIT_CHECKPOINT=(--init-checkpoint "${EXTRA_FLAGS[i + 1]:-}") ;;
+        --finetune-from-model=*) INIT_CHECKPOINT=(--init-checkpoint "${EXTRA_FLAGS[i]#*=}") ;;
+    esac
+done
 # node 0 has fairseq's progress log; other nodes keep their own (warnings only) beside it
 LOG_FILE="$SAVE_DIR/train.log"
 ((10#$NODE_RANK == 0)) || LOG_FILE="$SAVE_DIR/train.node$((10#$NODE_RANK)).log"
@@ -69,7 +88,7 @@ LOG_FILE="$SAVE_DIR/train.log"
 # plugin, torch and the checkpoint.
 PLAN="$("$PYTHON" "$REPO/scripts/launch_plan.py" --arch "$ARCH" --gpus "$NUM_GPUS" --nodes "$NNODES" \
     --cpu-procs "$CPU_PROCS" --global-batch "$GLOBAL_BATCH" --batch-size "$BATCH_SIZE" \
-    --checkpoint "$SAVE_DIR/checkpoint_last.pt")"
+    --checkpoint "$SAVE_DIR/checkpoint_last.pt" "${INIT_CHECKPOINT[@]}")"
 read -r DEVICE PROCS BATCH UPDATE_FREQ DONE <<<"$PLAN"
 if [[ -f "$SAVE_DIR/checkpoint_last.pt" ]]; then
     if ((DONE >= 10#$MAX_UPDATE)); then
