@@ -4,6 +4,8 @@ Importing this package imports triton: ``fairseq_hgrn2.ops.dispatch`` imports it
 
 * ``chunk.py``: chunked forward and backward with ``tl.dot`` tiles, for key and value widths >= 16;
 * ``scan.py``: a time scan with the states of several heads in registers, for widths below 16 (e = 1..8);
+* ``states.py``: the state (and its gradient) passed between segments of 64 tokens, which the two above then
+  process in parallel;
 * ``step.py``: the decoding step, updating a carried state in place.
 """
 import logging

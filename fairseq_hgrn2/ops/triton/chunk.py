@@ -1,16 +1,18 @@
 """Triton chunked kernels of the gated outer-product recurrence, for expand ratios e >= 16 (``tl.dot`` tiles).
 
-One program owns one (batch, head, value block) and walks the sequence chunk by chunk of ``C = 16`` tokens,
-keeping the ``K x BV`` state in fp32 registers. Inside a chunk, with ``b = cumsum(g)`` (chunk-local, fp32):
+One program owns one (batch, head, value block, segment of 64 tokens): it starts from the segment's state, computed
+by ``states.py``, and walks its segment chunk by chunk of ``C = 16`` tokens, keeping the ``K x BV`` state in fp32
+registers. Inside a chunk, with ``b = cumsum(g)`` (chunk-local, fp32):
 
 * inter-chunk: ``O = (Q * exp(b)) S``, then ``S = exp(b_last) S + (K * exp(b_last - b))^T V``;
 * intra-chunk: ``A_ij = sum_c q_ic k_jc exp(b_ic - b_jc)`` for ``i >= j``, built one key row ``j`` at a time
   with the exact pairwise decay, ``O += A V``.
 
 Every exponent is a difference ``<= 0`` (clamped at 0 against rounding), and rows ``i < j`` are masked to
-``-inf`` before the exp. The backward is one kernel with two sweeps that recompute instead of storing states:
-a forward sweep rebuilds ``S`` for ``dq``, a reverse sweep carries ``dS`` (the gradient of the state) for ``dk``,
-``dv`` and the initial state. ``dg`` is the reverse cumsum of ``q dq - k dk`` plus the final-state term.
+``-inf`` before the exp. The backward recomputes the segment states, gets the state gradients at the segment
+ends (``states.py``), then one kernel per segment makes two sweeps: a forward sweep rebuilds ``S`` for ``dq``, a
+reverse sweep carries ``dS`` (the gradient of the state) for ``dk`` and ``dv``. ``dg`` is the reverse cumsum of
+``q dq - k dk`` plus the final-state term.
 """
 from typing import Optional, Tuple
 
@@ -19,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .common import autotune_configs, gate_gradient, next_power_of_2
+from .states import SEGMENT, segment_state_grads, segment_states
 
 CHUNK = 16
 _CONFIGS = autotune_configs(
@@ -31,13 +34,12 @@ _CONFIGS = autotune_configs(
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "BK", "BV"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "NS"])
 def _chunk_fwd_kernel(
-    q, k, v, g, h0, o, ht,
-    T,
+    q, k, v, g, states, o,
+    T, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr,
+    C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -50,12 +52,13 @@ def _chunk_fwd_kernel(
     mv = cv < V
     base_k = i_b * T * H * K + i_h * K  # int64 offset of token 0 of this head in q, k, g
     base_v = i_b * T * H * V + i_h * V
-    p_s = i_bh * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
+    i_s = tl.program_id(2)
+    p_s = (i_bh * NS + i_s) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV] in states [B*H, NS, K, V]
     m_s = mk[:, None] & mv[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_s, mask=m_s, other=0.0).to(tl.float32)
-    for n in range(tl.cdiv(T, C)):
+    state = tl.load(states + p_s, mask=m_s, other=0.0)
+    n_here = tl.minimum(SEG // C, tl.cdiv(T - i_s * SEG, C))  # chunks of this segment that hold tokens
+    for c in range(n_here):
+        n = i_s * (SEG // C) + c  # chunk index in the sequence
         t = n * C + rows  # [C]
         mt = t < T
         p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]  # [C, BK]
@@ -86,17 +89,15 @@ def _chunk_fwd_kernel(
         tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
         k_to_end = b_k * tl.exp(tl.minimum(b_last[None, :] - b_b, 0.0))  # [C, BK]
         state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_to_end), b_v)
-    tl.store(ht + p_s, state, mask=m_s)
 
 
 @triton.autotune(configs=_CONFIGS, key=["K", "V", "BK", "BV"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "NS"])
 def _chunk_bwd_kernel(
-    q, k, v, g, h0, do, dht, dq, dk, dv, dh0,
-    T, BH,
+    q, k, v, g, states, do, dstates, dq, dk, dv,
+    T, BH, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+    C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -110,15 +111,15 @@ def _chunk_bwd_kernel(
     base_k = i_b * T * H * K + i_h * K
     base_v = i_b * T * H * V + i_h * V
     part = i_v.to(tl.int64) * BH * T * K  # dq, dk: partial sums over value blocks, [NV, B, T, H, K]
-    p_s = i_bh * K * V + ck[:, None] * V + cv[None, :]
+    i_s = tl.program_id(2)
+    p_s = (i_bh * NS + i_s) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV] in [B*H, NS, K, V]
     m_s = mk[:, None] & mv[None, :]
-    n_chunks = tl.cdiv(T, C)
 
-    # forward sweep: dq_i = exp(b_i) (S do_i) + sum_{j <= i} (do_i . v_j) k_j exp(b_i - b_j)
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_s, mask=m_s, other=0.0).to(tl.float32)
-    for n in range(n_chunks):
+    # forward sweep from the segment's start state: dq_i = exp(b_i) (S do_i) + sum_{j<=i} (do_i . v_j) k_j exp(b_i - b_j)
+    state = tl.load(states + p_s, mask=m_s, other=0.0)
+    n_here = tl.minimum(SEG // C, tl.cdiv(T - i_s * SEG, C))
+    for c in range(n_here):
+        n = i_s * (SEG // C) + c
         t = n * C + rows
         mt = t < T
         p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]
@@ -147,12 +148,10 @@ def _chunk_bwd_kernel(
         k_to_end = b_k * tl.exp(tl.minimum(b_last[None, :] - b_b, 0.0))
         state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_to_end), b_v)
 
-    # reverse sweep: d_state is the gradient of the state at the end of the chunk, from the chunks after it
-    d_state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        d_state += tl.load(dht + p_s, mask=m_s, other=0.0).to(tl.float32)
-    for i in range(n_chunks):
-        n = n_chunks - 1 - i
+    # reverse sweep: d_state is the gradient of the state at the end of the chunk, from the tokens after it
+    d_state = tl.load(dstates + p_s, mask=m_s, other=0.0)
+    for i in range(n_here):
+        n = i_s * (SEG // C) + (n_here - 1 - i)
         t = n * C + rows
         mt = t < T
         p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]
@@ -191,8 +190,6 @@ def _chunk_bwd_kernel(
         tl.store(dk + part + p_k, b_dk, mask=m_tk)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
         d_state = d_state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_q * tl.exp(b_b)), b_do)
-    if HAS_H0:
-        tl.store(dh0 + p_s, d_state, mask=m_s)
 
 
 def chunk_tiles(K: int, V: int) -> Tuple[int, int]:
@@ -208,10 +205,11 @@ class ChunkHGRN2Function(torch.autograd.Function):
         B, T, H, K = q.shape
         V = v.shape[-1]
         BK, BV = chunk_tiles(K, V)
+        states, final_state = segment_states(k, v, g, h0)  # [B*H, NS, K, V], [B, H, K, V]
+        NS = states.shape[1]
         o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
-        final_state = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device)
-        _chunk_fwd_kernel[(triton.cdiv(V, BV), B * H)](
-            q, k, v, g, h0, o, final_state, T, H=H, K=K, V=V, C=CHUNK, BK=BK, BV=BV, HAS_H0=h0 is not None
+        _chunk_fwd_kernel[(triton.cdiv(V, BV), B * H, NS)](
+            q, k, v, g, states, o, T, NS, H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV
         )
         ctx.save_for_backward(q, k, v, g, h0, final_state)
         return o, final_state
@@ -226,11 +224,14 @@ class ChunkHGRN2Function(torch.autograd.Function):
         dq = torch.empty(NV, B, T, H, K, dtype=torch.float32, device=q.device)  # partial sums per value block
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
-        dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
+        do = do.contiguous()
         d_final_state = d_final_state.contiguous() if d_final_state is not None else None
-        _chunk_bwd_kernel[(NV, B * H)](
-            q, k, v, g, h0, do.contiguous(), d_final_state, dq, dk, dv, dh0, T, B * H,
-            H=H, K=K, V=V, C=CHUNK, BK=BK, BV=BV, HAS_H0=h0 is not None, HAS_DHT=d_final_state is not None,
+        states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
+        dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
+        NS = states.shape[1]
+        _chunk_bwd_kernel[(NV, B * H, NS)](
+            q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS,
+            H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
         )
         dq, dk = dq.sum(0), dk.sum(0)  # [NV, B, T, H, K] -> [B, T, H, K]
         dg = gate_gradient(q, k, dq, dk, final_state, d_final_state)

@@ -1,11 +1,12 @@
 """Triton recurrent scan of the gated outer-product recurrence, for small expand ratios (e = 1..8).
 
 Below the 16-wide minimum of ``tl.dot`` the chunked kernel does not apply. Here each program keeps the ``K x BV``
-states of ``NH`` heads in registers and walks the sequence one token at a time with elementwise products and
-reductions: ``S = exp(g_t) S + k_t^T v_t``, ``o_t = q_t S``. Several heads per program keep the tiles wide.
-The only exponent is ``g_t <= 0``. The backward recomputes: a forward sweep rebuilds the states for ``dq``, a
-reverse sweep carries ``dS`` for ``dk``, ``dv`` and the initial state; ``dg`` follows from ``dq`` and ``dk``.
-The forward kernel also serves the decoding step (``step.py``), which passes the same tensor as ``h0`` and ``ht``.
+states of ``NH`` heads in registers and walks one segment of the sequence one token at a time with elementwise
+products and reductions: ``S = exp(g_t) S + k_t^T v_t``, ``o_t = q_t S``. Several heads per program keep the tiles
+wide; the segments (64 tokens) run in parallel from start states computed by ``states.py``. The only exponent is
+``g_t <= 0``. The backward recomputes: a forward sweep rebuilds the states for ``dq``, a reverse sweep from the
+state gradient at the segment's end carries ``dS`` for ``dk`` and ``dv``; ``dg`` follows from ``dq`` and ``dk``.
+The forward kernel also serves the decoding step (``step.py``): one segment, the state as its start and its end.
 """
 from typing import Optional, Tuple
 
@@ -14,17 +15,20 @@ import triton
 import triton.language as tl
 
 from .common import gate_gradient, next_power_of_2
+from .states import SEGMENT, segment_state_grads, segment_states
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "NS", "SEG"])
 def _scan_fwd_kernel(
-    q, k, v, g, h0, o, ht,
-    T, BH,
+    q, k, v, g, states, o, ht,
+    T, BH, NS, SEG,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    STORE_HT: tl.constexpr,
 ):
     i_v = tl.program_id(0)
+    i_s = tl.program_id(2)
+    t0 = (i_s * SEG).to(tl.int64)  # first token of this segment
     bh = tl.program_id(1) * NH + tl.arange(0, NH)  # [NH] flattened (batch, head) indices
     mh = bh < BH
     bh64 = bh.to(tl.int64)
@@ -34,14 +38,12 @@ def _scan_fwd_kernel(
     cv = i_v * BV + tl.arange(0, BV)
     m_k = mh[:, None] & (ck < K)[None, :]  # [NH, BK]
     m_v = mh[:, None] & (cv < V)[None, :]  # [NH, BV]
-    p_k = i_b[:, None] * T * H * K + i_h[:, None] * K + ck[None, :]  # [NH, BK] int64, token 0
-    p_v = i_b[:, None] * T * H * V + i_h[:, None] * V + cv[None, :]  # [NH, BV] int64, token 0
-    p_s = bh64[:, None, None] * K * V + ck[None, :, None] * V + cv[None, None, :]  # [NH, BK, BV]
+    p_k = i_b[:, None] * T * H * K + t0 * H * K + i_h[:, None] * K + ck[None, :]  # [NH, BK] int64, token t0
+    p_v = i_b[:, None] * T * H * V + t0 * H * V + i_h[:, None] * V + cv[None, :]  # [NH, BV] int64, token t0
+    p_kv = ck[None, :, None] * V + cv[None, None, :]  # [1, BK, BV] inside one [K, V] state
     m_s = m_k[:, :, None] & m_v[:, None, :]
-    state = tl.zeros([NH, BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_s, mask=m_s, other=0.0).to(tl.float32)
-    for _ in range(T):
+    state = tl.load(states + (bh64 * NS + i_s)[:, None, None] * K * V + p_kv, mask=m_s, other=0.0).to(tl.float32)
+    for _ in range(tl.minimum(SEG, T - i_s * SEG)):
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_g = tl.load(g + p_k, mask=m_k, other=0.0).to(tl.float32)
@@ -52,18 +54,20 @@ def _scan_fwd_kernel(
         p_k += H * K
         p_v += H * V
     if STORE_HT:
-        tl.store(ht + p_s, state, mask=m_s)
+        tl.store(ht + bh64[:, None, None] * K * V + p_kv, state, mask=m_s)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "NS", "SEG"])
 def _scan_bwd_kernel(
-    q, k, v, g, h0, do, dht, dq, dk, dv, dh0,
-    T, BH,
+    q, k, v, g, states, do, dstates, dq, dk, dv,
+    T, BH, NS, SEG,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
 ):
     i_v = tl.program_id(0)
+    i_s = tl.program_id(2)
+    t0 = (i_s * SEG).to(tl.int64)
+    n_here = tl.minimum(SEG, T - i_s * SEG)  # tokens in this segment
     bh = tl.program_id(1) * NH + tl.arange(0, NH)  # [NH]
     mh = bh < BH
     bh64 = bh.to(tl.int64)
@@ -73,20 +77,18 @@ def _scan_bwd_kernel(
     cv = i_v * BV + tl.arange(0, BV)
     m_k = mh[:, None] & (ck < K)[None, :]
     m_v = mh[:, None] & (cv < V)[None, :]
-    base_k = i_b[:, None] * T * H * K + i_h[:, None] * K + ck[None, :]  # [NH, BK] int64
-    base_v = i_b[:, None] * T * H * V + i_h[:, None] * V + cv[None, :]  # [NH, BV] int64
+    base_k = i_b[:, None] * T * H * K + t0 * H * K + i_h[:, None] * K + ck[None, :]  # [NH, BK] int64, token t0
+    base_v = i_b[:, None] * T * H * V + t0 * H * V + i_h[:, None] * V + cv[None, :]  # [NH, BV] int64, token t0
     # dq and dk are partial sums over this program's value block: one slice of [NV, B, T, H, K] each
     part = i_v.to(tl.int64) * BH * T * K
-    p_s = bh64[:, None, None] * K * V + ck[None, :, None] * V + cv[None, None, :]
+    p_s = (bh64 * NS + i_s)[:, None, None] * K * V + ck[None, :, None] * V + cv[None, None, :]  # [NH, BK, BV]
     m_s = m_k[:, :, None] & m_v[:, None, :]
 
-    # forward sweep: rebuild the states, dq_t = S_t do_t
-    state = tl.zeros([NH, BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_s, mask=m_s, other=0.0).to(tl.float32)
+    # forward sweep from the segment's start state: dq_t = S_t do_t
+    state = tl.load(states + p_s, mask=m_s, other=0.0)
     p_k = base_k
     p_v = base_v
-    for _ in range(T):
+    for _ in range(n_here):
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_g = tl.load(g + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
@@ -97,13 +99,11 @@ def _scan_bwd_kernel(
         p_k += H * K
         p_v += H * V
 
-    # reverse sweep: dS_t = q_t^T do_t + exp(g_{t+1}) dS_{t+1}; dk_t = dS_t v_t, dv_t = k_t dS_t
-    d_state = tl.zeros([NH, BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        d_state += tl.load(dht + p_s, mask=m_s, other=0.0).to(tl.float32)
-    p_k = base_k + tl.cast(T - 1, tl.int64) * (H * K)
-    p_v = base_v + tl.cast(T - 1, tl.int64) * (H * V)
-    for _ in range(T):
+    # reverse sweep from the segment's end: dS_t = q_t^T do_t + exp(g_{t+1}) dS_{t+1}; dk_t = dS_t v_t, dv_t = k_t dS_t
+    d_state = tl.load(dstates + p_s, mask=m_s, other=0.0)
+    p_k = base_k + (n_here - 1).to(tl.int64) * (H * K)
+    p_v = base_v + (n_here - 1).to(tl.int64) * (H * V)
+    for _ in range(n_here):
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_g = tl.load(g + p_k, mask=m_k, other=0.0).to(tl.float32)
@@ -117,8 +117,6 @@ def _scan_bwd_kernel(
         d_state = d_state * tl.exp(b_g)[:, :, None]
         p_k -= H * K
         p_v -= H * V
-    if HAS_H0:
-        tl.store(dh0 + p_s, d_state, mask=m_s)
 
 
 def scan_tiles(K: int, V: int, BH: int) -> Tuple[int, int, int, int]:
@@ -132,18 +130,26 @@ def scan_tiles(K: int, V: int, BH: int) -> Tuple[int, int, int, int]:
 
 def scan_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
-    h0: Optional[torch.Tensor], final_state: Optional[torch.Tensor], out: Optional[torch.Tensor] = None,
+    states: torch.Tensor, n_segments: int, segment: int, final_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Launch the forward scan. Inputs are contiguous ``[B, T, H, K|V]``; ``final_state`` (fp32 ``[B, H, K, V]``,
-    may alias ``h0``) is written when given. Returns ``o`` ``[B, T, H, V]`` in the dtype of ``q`` (or ``out``)."""
+    """Launch the forward scan over segments of ``segment`` tokens in parallel.
+
+    Inputs are contiguous ``[B, T, H, K|V]``; ``states`` holds the start state of each of the ``n_segments``
+    segments, ``[B*H, NS, K, V]`` fp32. ``final_state`` (``[B, H, K, V]`` fp32, may alias ``states`` when ``NS = 1``) is
+    written when given, from the last segment only: pass it with a single segment. Returns ``o`` ``[B, T, H, V]``
+    in the dtype of ``q``.
+    """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device) if out is None else out
+    NS = n_segments
+    if final_state is not None and NS != 1:
+        raise ValueError("the scan stores a final state only for a single segment")
+    o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     NH, BK, BV, num_warps = scan_tiles(K, V, B * H)
-    grid = (triton.cdiv(V, BV), triton.cdiv(B * H, NH))
+    grid = (triton.cdiv(V, BV), triton.cdiv(B * H, NH), NS)
     _scan_fwd_kernel[grid](
-        q, k, v, g, h0, o, final_state, T, B * H, H=H, K=K, V=V, NH=NH, BK=BK, BV=BV,
-        HAS_H0=h0 is not None, STORE_HT=final_state is not None, num_warps=num_warps,
+        q, k, v, g, states, o, final_state, T, B * H, NS, segment, H=H, K=K, V=V, NH=NH, BK=BK, BV=BV,
+        STORE_HT=final_state is not None, num_warps=num_warps,
     )
     return o
 
@@ -153,9 +159,8 @@ class ScanHGRN2Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, h0):
-        B, T, H, K = q.shape
-        final_state = torch.empty(B, H, K, v.shape[-1], dtype=torch.float32, device=q.device)
-        o = scan_forward(q, k, v, g, h0, final_state)
+        states, final_state = segment_states(k, v, g, h0)  # [B*H, NS, K, V], [B, H, K, V]
+        o = scan_forward(q, k, v, g, states, states.shape[1], SEGMENT)
         ctx.save_for_backward(q, k, v, g, h0, final_state)
         return o, final_state
 
@@ -169,12 +174,14 @@ class ScanHGRN2Function(torch.autograd.Function):
         dq = torch.empty(NV, B, T, H, K, dtype=torch.float32, device=q.device)  # partial sums per value block
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
-        dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
+        do = do.contiguous()
         d_final_state = d_final_state.contiguous() if d_final_state is not None else None
-        _scan_bwd_kernel[(NV, triton.cdiv(B * H, NH))](
-            q, k, v, g, h0, do.contiguous(), d_final_state, dq, dk, dv, dh0, T, B * H,
-            H=H, K=K, V=V, NH=NH, BK=BK, BV=BV,
-            HAS_H0=h0 is not None, HAS_DHT=d_final_state is not None, num_warps=num_warps,
+        states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
+        dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
+        NS = states.shape[1]
+        _scan_bwd_kernel[(NV, triton.cdiv(B * H, NH), NS)](
+            q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS, SEGMENT,
+            H=H, K=K, V=V, NH=NH, BK=BK, BV=BV, num_warps=num_warps,
         )
         dq, dk = dq.sum(0), dk.sum(0)  # [B, T, H, K]
         dg = gate_gradient(q, k, dq, dk, final_state, d_final_state)

@@ -1,8 +1,9 @@
 """Triton recurrent step for decoding: advance a carried state in place by one token (or a few).
 
 Decoding touches the whole state every token and does almost no arithmetic, so the step is the forward scan
-kernel of ``scan.py`` launched with the state as both its initial and its final state: each program reads its
-``K x BV`` block of the state once, walks the few tokens, writes the outputs and stores the block back in place.
+kernel of ``scan.py`` launched over a single segment with the state as both its start and its end: each program
+reads its ``K x BV`` block of the state once, walks the few tokens, writes the outputs and stores the block back
+in place.
 """
 import logging
 
@@ -32,9 +33,8 @@ def hgrn2_recurrent_step_triton(
         logger.debug("state %s, inputs %s: using the PyTorch step", state.dtype, q.dtype)
         return hgrn2_recurrent_step_torch(q, k, v, g, state)
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
-    if state.is_contiguous():
-        return scan_forward(q, k, v, g, state, state)
-    work = state.contiguous()  # [B, H, K, V]
-    o = scan_forward(q, k, v, g, work, work)
-    state.copy_(work)
+    work = state if state.is_contiguous() else state.contiguous()  # [B, H, K, V]: one segment's start state
+    o = scan_forward(q, k, v, g, work, 1, max(1, q.shape[1]), final_state=work)
+    if work is not state:
+        state.copy_(work)
     return o
