@@ -12,8 +12,8 @@ to the width, so that it has no extra projections.
 For each context length C, each model first reads a prompt of C tokens into its incremental state (HGRN2: the
 chunked op, which hands over its recurrent state; the transformer: its key/value cache, filled in chunks through
 fairseq's own layers and checked against a full forward once), then makes ``--steps`` single-token decoding steps
-with fairseq's ``incremental_state``, the two models alternating step by step so that both see the same machine
-load. A step is what fairseq's sequence generator runs per token: the decoder on the prefix (of which only the
+with fairseq's ``incremental_state``. All contexts are prefilled first; each round of steps then runs one step of
+every (context, model) pair, so that a change of machine load hits every measurement alike. A step is what fairseq's sequence generator runs per token: the decoder on the prefix (of which only the
 new token is computed) and the logits. The median step time is reported, with the state each model carries.
 
 It prints a table with the ratios and writes ``decode_latency.csv`` and ``decode_latency.png`` to ``--out-dir``.
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=50264)
-    parser.add_argument("--steps", type=int, default=20, help="timed decoding steps per model and context")
+    parser.add_argument("--steps", type=int, default=40, help="timed decoding steps per model and context")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -160,36 +160,44 @@ def main(argv=None) -> int:
 
     decoders = {"hgrn2": hgrn2.decoder, "transformer": transformer.decoder}
     prefill = {"hgrn2": prefill_hgrn2, "transformer": prefill_transformer}
-    rows = []
+    # every context is prefilled first and kept; the timed steps then go round all contexts and both models, one
+    # step each per round, so that a change of machine load hits every measurement alike
+    runs = {}
     for context in args.contexts:
-        tokens = torch.randint(4, args.vocab, (1, context + args.steps + 2), generator=torch.Generator().manual_seed(context))
-        states, prefill_seconds = {}, {}
+        gen = torch.Generator().manual_seed(context)
+        tokens = torch.randint(4, args.vocab, (1, context + args.steps + 2), generator=gen)  # [1, C + steps + 2]
         for name, decoder in decoders.items():
             start = time.perf_counter()
-            states[name] = prefill[name](decoder, tokens[:, :context])
-            prefill_seconds[name] = time.perf_counter() - start
-        times = {name: [] for name in decoders}
-        with torch.no_grad():
-            for step in range(args.steps + 2):  # 2 warm-up steps
-                prefix = tokens[:, : context + step + 1]  # the whole prefix, as fairseq's generators pass it
+            state = prefill[name](decoder, tokens[:, :context])
+            runs[context, name] = dict(tokens=tokens, state=state, prefill_s=time.perf_counter() - start, times=[])
+        logger.info("C=%d prefilled: hgrn2 %.2f s, transformer %.2f s", context,
+                    runs[context, "hgrn2"]["prefill_s"], runs[context, "transformer"]["prefill_s"])
+    with torch.no_grad():
+        for step in range(args.steps + 2):  # 2 warm-up rounds
+            for context in args.contexts:
                 for name, decoder in decoders.items():
+                    run = runs[context, name]
+                    prefix = run["tokens"][:, : context + step + 1]  # the whole prefix, as fairseq's generators pass it
                     start = time.perf_counter()
-                    logits, _ = decoder(prefix, incremental_state=states[name])  # [1, 1, vocab]
+                    logits, _ = decoder(prefix, incremental_state=run["state"])  # [1, 1, vocab]
                     logits.log_softmax(-1)
                     if step >= 2:
-                        times[name].append(time.perf_counter() - start)
-        ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+                        run["times"].append(time.perf_counter() - start)
+
+    rows = []
+    for context in args.contexts:
+        hgrn2_run, transformer_run = runs[context, "hgrn2"], runs[context, "transformer"]
+        ms = {name: 1e3 * statistics.median(runs[context, name]["times"]) for name in decoders}
         rows.append(
             dict(
                 context=context, hgrn2_ms=round(ms["hgrn2"], 3), transformer_ms=round(ms["transformer"], 3),
                 transformer_over_hgrn2=round(ms["transformer"] / ms["hgrn2"], 2),
-                hgrn2_state_kib=round(state_bytes(states["hgrn2"]) / 1024, 1),
-                transformer_cache_kib=round(state_bytes(states["transformer"]) / 1024, 1),
-                hgrn2_prefill_s=round(prefill_seconds["hgrn2"], 3),
-                transformer_prefill_s=round(prefill_seconds["transformer"], 3),
+                hgrn2_state_kib=round(state_bytes(hgrn2_run["state"]) / 1024, 1),
+                transformer_cache_kib=round(state_bytes(transformer_run["state"]) / 1024, 1),
+                hgrn2_prefill_s=round(hgrn2_run["prefill_s"], 3),
+                transformer_prefill_s=round(transformer_run["prefill_s"], 3),
             )
         )
-        logger.info("C=%d: hgrn2 %.2f ms/token, transformer %.2f ms/token", context, ms["hgrn2"], ms["transformer"])
     first = rows[0]["hgrn2_ms"]
     for row in rows:
         row["hgrn2_over_first_context"] = round(row["hgrn2_ms"] / first, 3)

@@ -1,12 +1,14 @@
 """Recurrent incremental decoding: token-by-token logits, prefill, beam reordering, constant state, generation tools."""
+import csv
 import re
+import sys
 
 import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 import fairseq_hgrn2.modules.token_mixer as token_mixer_module
-from conftest import USER_DIR, run_cli
+from conftest import REPO, USER_DIR, run_cli
 from test_model import ARCH_NAMES, build
 
 VOCAB = 1000
@@ -239,3 +241,17 @@ def test_hub_from_pretrained_then_sample(trained, tiny_data_bin):
     sampled = lm.sample("w3 w4 w5", beam=1, sampling=True, sampling_topk=10, max_len_b=8, min_len=8)
     for prompt, text in (("w3 w4 w5", beam[0]), ("w60", beam[1]), ("w3 w4 w5", sampled)):
         assert text.split()[: len(prompt.split())] == prompt.split() and len(text.split()) == 8, text
+
+
+def test_decode_latency_benchmark_quick(tmp_path):
+    run_cli(
+        [sys.executable, REPO / "benchmarks/decode_latency.py", "--quick", "--out-dir", tmp_path], env=SINGLE_THREAD
+    )
+    with open(tmp_path / "decode_latency.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["context"]) for r in rows] == [32, 96]
+    assert all(float(r["hgrn2_ms"]) > 0 and float(r["transformer_ms"]) > 0 for r in rows)
+    # the recurrent state does not grow with the context; the transformer's key/value cache does
+    assert rows[0]["hgrn2_state_kib"] == rows[1]["hgrn2_state_kib"]
+    assert float(rows[1]["transformer_cache_kib"]) > 2 * float(rows[0]["transformer_cache_kib"])
+    assert (tmp_path / "decode_latency.png").stat().st_size > 0
