@@ -41,8 +41,8 @@ def _chunk_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_bh = tl.program_id(0).to(tl.int64)  # heads on grid axis 0, which has no 65535 limit
+    i_v = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     rows = tl.arange(0, C)
@@ -99,8 +99,8 @@ def _chunk_bwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_bh = tl.program_id(0).to(tl.int64)  # heads on grid axis 0, which has no 65535 limit
+    i_v = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     rows = tl.arange(0, C)
@@ -208,7 +208,7 @@ class ChunkHGRN2Function(torch.autograd.Function):
         states, final_state = segment_states(k, v, g, h0)  # [B*H, NS, K, V], [B, H, K, V]
         NS = states.shape[1]
         o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
-        _chunk_fwd_kernel[(triton.cdiv(V, BV), B * H, NS)](
+        _chunk_fwd_kernel[(B * H, triton.cdiv(V, BV), NS)](
             q, k, v, g, states, o, T, NS, H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV
         )
         ctx.save_for_backward(q, k, v, g, h0, final_state)
@@ -229,7 +229,7 @@ class ChunkHGRN2Function(torch.autograd.Function):
         states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
         dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
         NS = states.shape[1]
-        _chunk_bwd_kernel[(NV, B * H, NS)](
+        _chunk_bwd_kernel[(B * H, NV, NS)](
             q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS,
             H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
         )

@@ -26,10 +26,10 @@ def _scan_fwd_kernel(
     NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     STORE_HT: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
+    i_v = tl.program_id(1)
     i_s = tl.program_id(2)
     t0 = (i_s * SEG).to(tl.int64)  # first token of this segment
-    bh = tl.program_id(1) * NH + tl.arange(0, NH)  # [NH] flattened (batch, head) indices
+    bh = tl.program_id(0) * NH + tl.arange(0, NH)  # [NH] flattened (batch, head) indices
     mh = bh < BH
     bh64 = bh.to(tl.int64)
     i_b = bh64 // H
@@ -64,11 +64,11 @@ def _scan_bwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
+    i_v = tl.program_id(1)
     i_s = tl.program_id(2)
     t0 = (i_s * SEG).to(tl.int64)
     n_here = tl.minimum(SEG, T - i_s * SEG)  # tokens in this segment
-    bh = tl.program_id(1) * NH + tl.arange(0, NH)  # [NH]
+    bh = tl.program_id(0) * NH + tl.arange(0, NH)  # [NH]
     mh = bh < BH
     bh64 = bh.to(tl.int64)
     i_b = bh64 // H
@@ -146,7 +146,7 @@ def scan_forward(
         raise ValueError("the scan stores a final state only for a single segment")
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     NH, BK, BV, num_warps = scan_tiles(K, V, B * H)
-    grid = (triton.cdiv(V, BV), triton.cdiv(B * H, NH), NS)
+    grid = (triton.cdiv(B * H, NH), triton.cdiv(V, BV), NS)  # heads on axis 0: no 65535 limit
     _scan_fwd_kernel[grid](
         q, k, v, g, states, o, final_state, T, B * H, NS, segment, H=H, K=K, V=V, NH=NH, BK=BK, BV=BV,
         STORE_HT=final_state is not None, num_warps=num_warps,
@@ -179,7 +179,7 @@ class ScanHGRN2Function(torch.autograd.Function):
         states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
         dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
         NS = states.shape[1]
-        _scan_bwd_kernel[(NV, triton.cdiv(B * H, NH), NS)](
+        _scan_bwd_kernel[(triton.cdiv(B * H, NH), NV, NS)](
             q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS, SEGMENT,
             H=H, K=K, V=V, NH=NH, BK=BK, BV=BV, num_warps=num_warps,
         )

@@ -4,10 +4,10 @@ The sequence is cut into segments of ``SEGMENT`` tokens so that the chunked and 
 segment in parallel: these two sequential kernels first compute what each segment needs from the others.
 
 * ``segment_states``: the state at the start of every segment, ``[B*H, NS, K, V]`` fp32, and the final state:
-  per chunk of 16 tokens, ``S = exp(b_last) S + (K * exp(b_last - b))^T V`` with ``b = cumsum(g)``;
+  per segment, ``S = exp(b_last) S + (K * exp(b_last - b))^T V`` with ``b = cumsum(g)`` over the segment;
 * ``segment_state_grads``: the gradient of the state at the end of every segment from the tokens after it,
   ``[B*H, NS, K, V]``, and the gradient of the initial state: ``dS = exp(b_last) dS + (Q * exp(b))^T dO``
-  walking backwards.
+  walking backwards, one whole segment per step.
 
 Both only exp differences ``<= 0``; padded rows load ``g = 0`` and zeros, which change nothing. Tiles are at
 least 16 wide for ``tl.dot`` (masked when the head is narrower).
@@ -20,8 +20,7 @@ import triton.language as tl
 
 from .common import next_power_of_2
 
-SEGMENT = 64  # tokens per segment: a multiple of the 16-token chunk
-_CHUNK = 16
+SEGMENT = 64  # tokens per segment: a multiple of the 16-token chunk of chunk.py
 
 
 @triton.jit(do_not_specialize=["T", "NS"])
@@ -29,14 +28,14 @@ def _segment_states_kernel(
     k, v, g, h0, states, ht,
     T, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_H0: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_v = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
-    rows = tl.arange(0, C)
+    rows = tl.arange(0, SEG)
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     mk = ck < K
@@ -50,18 +49,17 @@ def _segment_states_kernel(
         state += tl.load(h0 + i_bh * K * V + p_s, mask=m_s, other=0.0).to(tl.float32)
     for s in range(NS):
         tl.store(states + (i_bh * NS + s) * K * V + p_s, state, mask=m_s)
-        for c in range(tl.minimum(SEG // C, tl.cdiv(T - s * SEG, C))):  # the chunks that hold tokens
-            t = s * SEG + c * C + rows  # [C]
-            mt = t < T
-            p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]  # [C, BK]
-            p_v = base_v + t.to(tl.int64)[:, None] * (H * V) + cv[None, :]  # [C, BV]
-            b_k = tl.load(k + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
-            b_g = tl.load(g + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
-            b_v = tl.load(v + p_v, mask=mt[:, None] & mv[None, :], other=0.0).to(tl.float32)
-            b_b = tl.cumsum(b_g, axis=0)
-            b_last = tl.sum(b_g, axis=0)
-            k_to_end = b_k * tl.exp(tl.minimum(b_last[None, :] - b_b, 0.0))
-            state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_to_end), b_v)
+        t = s * SEG + rows  # [SEG]
+        mt = t < T
+        p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]  # [SEG, BK]
+        p_v = base_v + t.to(tl.int64)[:, None] * (H * V) + cv[None, :]  # [SEG, BV]
+        b_k = tl.load(k + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        b_g = tl.load(g + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        b_v = tl.load(v + p_v, mask=mt[:, None] & mv[None, :], other=0.0).to(tl.float32)
+        b_b = tl.cumsum(b_g, axis=0)  # [SEG, BK], segment-local
+        b_last = tl.sum(b_g, axis=0)  # [BK]
+        k_to_end = b_k * tl.exp(tl.minimum(b_last[None, :] - b_b, 0.0))
+        state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_to_end), b_v)
     tl.store(ht + i_bh * K * V + p_s, state, mask=m_s)
 
 
@@ -70,14 +68,14 @@ def _segment_state_grads_kernel(
     q, g, do, dht, dstates, dh0,
     T, NS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    SEG: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_v = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
-    rows = tl.arange(0, C)
+    rows = tl.arange(0, SEG)
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     mk = ck < K
@@ -92,19 +90,16 @@ def _segment_state_grads_kernel(
     for i in range(NS):
         s = NS - 1 - i
         tl.store(dstates + (i_bh * NS + s) * K * V + p_s, d_state, mask=m_s)
-        n_here = tl.minimum(SEG // C, tl.cdiv(T - s * SEG, C))
-        for i2 in range(n_here):
-            c = n_here - 1 - i2
-            t = s * SEG + c * C + rows
-            mt = t < T
-            p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]
-            p_v = base_v + t.to(tl.int64)[:, None] * (H * V) + cv[None, :]
-            b_q = tl.load(q + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
-            b_g = tl.load(g + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
-            b_do = tl.load(do + p_v, mask=mt[:, None] & mv[None, :], other=0.0).to(tl.float32)
-            b_b = tl.cumsum(b_g, axis=0)
-            b_last = tl.sum(b_g, axis=0)
-            d_state = d_state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_q * tl.exp(b_b)), b_do)
+        t = s * SEG + rows
+        mt = t < T
+        p_k = base_k + t.to(tl.int64)[:, None] * (H * K) + ck[None, :]
+        p_v = base_v + t.to(tl.int64)[:, None] * (H * V) + cv[None, :]
+        b_q = tl.load(q + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        b_g = tl.load(g + p_k, mask=mt[:, None] & mk[None, :], other=0.0).to(tl.float32)
+        b_do = tl.load(do + p_v, mask=mt[:, None] & mv[None, :], other=0.0).to(tl.float32)
+        b_b = tl.cumsum(b_g, axis=0)
+        b_last = tl.sum(b_g, axis=0)
+        d_state = d_state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(b_q * tl.exp(b_b)), b_do)
     if HAS_H0:
         tl.store(dh0 + i_bh * K * V + p_s, d_state, mask=m_s)
 
@@ -126,8 +121,8 @@ def segment_states(
     BK, BV = _tiles(K, V)
     states = torch.empty(B * H, NS, K, V, dtype=torch.float32, device=k.device)
     final_state = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device)
-    _segment_states_kernel[(triton.cdiv(V, BV), B * H)](
-        k, v, g, h0, states, final_state, T, NS, H=H, K=K, V=V, C=_CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
+    _segment_states_kernel[(B * H, triton.cdiv(V, BV))](
+        k, v, g, h0, states, final_state, T, NS, H=H, K=K, V=V, SEG=SEGMENT, BK=BK, BV=BV,
         HAS_H0=h0 is not None, num_warps=4 if BK * BV <= 4096 else 8,
     )
     return states, final_state
@@ -147,8 +142,8 @@ def segment_state_grads(
     BK, BV = _tiles(K, V)
     dstates = torch.empty(B * H, NS, K, V, dtype=torch.float32, device=q.device)
     dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
-    _segment_state_grads_kernel[(triton.cdiv(V, BV), B * H)](
-        q, g, do, dht, dstates, dh0, T, NS, H=H, K=K, V=V, C=_CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
+    _segment_state_grads_kernel[(B * H, triton.cdiv(V, BV))](
+        q, g, do, dht, dstates, dh0, T, NS, H=H, K=K, V=V, SEG=SEGMENT, BK=BK, BV=BV,
         HAS_DHT=dht is not None, HAS_H0=want_dh0, num_warps=4 if BK * BV <= 4096 else 8,
     )
     return dstates, dh0
