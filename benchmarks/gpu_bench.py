@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--budget-s", type=float, default=1.5, help="time spent timing one implementation")
+    parser.add_argument("--max-s", type=float, default=180.0, help="skip what is left after this many seconds")
     args = parser.parse_args(argv)
     for e in args.e:
         if e <= 0 or args.d % e:
@@ -134,6 +135,7 @@ def main(argv=None):
     chunk_gla = load_fla() if device.type == "cuda" else None
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    started = time.perf_counter()
     with open(args.csv, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["impl", "B", "T", "d", "e", "H", "dtype", "ms", "error"])
         writer.writeheader()
@@ -143,6 +145,8 @@ def main(argv=None):
                     row = {"impl": name, "B": args.B, "T": T, "d": args.d, "e": e, "H": args.d // e,
                            "dtype": args.dtype, "ms": "", "error": ""}
                     try:
+                        if time.perf_counter() - started > args.max_s:
+                            raise TimeoutError(f"skipped: past --max-s {args.max_s:g}")
                         row["ms"] = f"{time_fwd_bwd(fn, inputs, device, args.budget_s):.4f}"
                     except Exception as err:  # one failing implementation must not hide the others' timings
                         row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
@@ -152,7 +156,7 @@ def main(argv=None):
                     writer.writerow(row)
                     handle.flush()
                     rows.append(row)
-                    logger.info("%-14s T=%-5d e=%-4d %s ms", name, T, e, row["ms"] or row["error"])
+                    logger.info("%-14s T=%-5d e=%-4d %s", name, T, e, f"{row['ms']} ms" if row["ms"] else row["error"])
     print_table(rows)
     return 0 if all(r["ms"] for r in rows if r["impl"] == "triton") else 1
 
