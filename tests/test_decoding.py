@@ -94,6 +94,21 @@ def test_prefill_then_step_equals_full_forward(arch, monkeypatch):
     assert diff <= 1e-4, f"max abs diff {diff:.2e}"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@torch.no_grad()
+def test_half_precision_decoding_keeps_an_fp32_state(dtype):
+    model = small_model("hgrn2_lm_outproduct_16").to(dtype)
+    x = tokens(2, 30)
+    full, _ = model(x)
+    state = {}
+    prefill, _ = model.decoder(x[:, :20], incremental_state=state)
+    steps = [model.decoder(x[:, : t + 1], incremental_state=state)[0] for t in range(20, 30)]
+    decoded = torch.cat([prefill, *steps], dim=1)  # [2, 30, vocab]
+    assert decoded.dtype == dtype
+    assert all(saved["state"].dtype == torch.float32 for saved in state.values())
+    assert (decoded.float() - full.float()).abs().max().item() <= 0.05  # logits of size ~4, half-precision rounding
+
+
 def state_tensors(state):
     return {key: tuple(t.shape) for key, saved in state.items() for name, t in saved.items() if t is not None}
 
