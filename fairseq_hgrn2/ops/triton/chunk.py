@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import autotune_configs, gate_gradient, next_power_of_2
+from .common import autotune_configs, device_guard, gate_gradient, next_power_of_2
 from .states import SEGMENT, segment_state_grads, segment_states
 
 CHUNK = 16
@@ -263,5 +263,6 @@ def hgrn2_recurrence_chunk_triton(
         raise ValueError(f"the chunked Triton kernel holds the key width in one tile: K = {q.shape[-1]} > 128")
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
-    o, final_state = ChunkHGRN2Function.apply(q, k, v, g, h0)
+    with device_guard(q):
+        o, final_state = ChunkHGRN2Function.apply(q, k, v, g, h0)
     return o, (final_state if output_final_state else None)

@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton kernels: launch configurations and the gate gradient."""
+"""Helpers shared by the Triton kernels: launch configurations, the device guard and the gate gradient."""
+import contextlib
 import os
 from typing import Dict, List, Optional
 
@@ -20,6 +21,11 @@ def autotune_configs(options: List[Dict[str, int]]) -> List[triton.Config]:
     if interpreting() or os.environ.get("HGRN2_TRITON_SINGLE_CONFIG", "0") == "1":
         options = options[:1]
     return [triton.Config({}, num_warps=o["num_warps"], num_stages=o.get("num_stages", 1)) for o in options]
+
+
+def device_guard(x: torch.Tensor):
+    """Make ``x``'s GPU the current one while launching (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def next_power_of_2(n: int) -> int:

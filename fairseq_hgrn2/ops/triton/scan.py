@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import gate_gradient, next_power_of_2
+from .common import device_guard, gate_gradient, next_power_of_2
 from .states import SEGMENT, segment_state_grads, segment_states
 
 
@@ -211,5 +211,6 @@ def hgrn2_recurrence_scan_triton(
     """
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
-    o, final_state = ScanHGRN2Function.apply(q, k, v, g, h0)
+    with device_guard(q):
+        o, final_state = ScanHGRN2Function.apply(q, k, v, g, h0)
     return o, (final_state if output_final_state else None)

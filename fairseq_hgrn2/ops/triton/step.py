@@ -10,6 +10,7 @@ import logging
 import torch
 
 from ..step_torch import hgrn2_recurrent_step_torch
+from .common import device_guard
 from .scan import scan_forward
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def hgrn2_recurrent_step_triton(
         return hgrn2_recurrent_step_torch(q, k, v, g, state)
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     work = state if state.is_contiguous() else state.contiguous()  # [B, H, K, V]: one segment's start state
-    o = scan_forward(q, k, v, g, work, 1, max(1, q.shape[1]), final_state=work)
+    with device_guard(q):
+        o = scan_forward(q, k, v, g, work, 1, max(1, q.shape[1]), final_state=work)
     if work is not state:
         state.copy_(work)
     return o
