@@ -26,9 +26,15 @@ import torch.nn.functional as F
 MAX_LOG_RANGE = 80.0
 
 
+# Heads whose state has at most this many entries take the elementwise path (see ``_ChunkedRecurrence``).
+SMALL_STATE = 64
+
+
 def default_chunk_size(head_dim: int) -> int:
-    """Chunk size used when none is given: big matmuls for big heads, short score rows for small ones."""
-    return 64 if head_dim >= 32 else 32
+    """Chunk size used when none is given: about the head size (scores cost ``C`` per channel, the state ``K``)."""
+    if head_dim * head_dim <= SMALL_STATE:
+        return 64
+    return max(16, min(64, head_dim))
 
 
 def stable_chunk_size(g: torch.Tensor, chunk_size: int) -> int:
@@ -59,10 +65,17 @@ def _chunk_scaled(q, k, g):
     return q * scale, k / scale, scale, r, b_last
 
 
-def _start_states(kt, v, r, b_last, state):
-    """States at the start of each chunk ``[N, Z, K, V]`` and the final state ``[Z, K, V]``."""
-    updates = kt.transpose(-1, -2) @ v  # [N, Z, K, V]
-    updates.mul_(torch.exp(b_last - r).transpose(-1, -2))
+def _prefix_states(kt, v):
+    """Chunk-local prefix sums ``sum_{s <= t} kt_s (x) v_s`` ``[N, Z, C, K, V]`` (the elementwise path)."""
+    return (kt.unsqueeze(-1) * v.unsqueeze(-2)).cumsum(2)  # [N, Z, C, K, 1] * [N, Z, C, 1, V]
+
+
+def _start_states_from(kv, r, b_last, state):
+    """States at the start of each chunk ``[N, Z, K, V]`` and the final state ``[Z, K, V]``.
+
+    ``kv = kt^T @ V`` (``[N, Z, K, V]``) of each chunk; it is scaled in place into the chunk's state update.
+    """
+    updates = kv.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V]
     decay = torch.exp(b_last).transpose(-1, -2)  # [N, Z, K, 1]
     N = updates.shape[0]
     starts = torch.empty_like(updates)
@@ -115,12 +128,18 @@ class _ChunkedRecurrence(torch.autograd.Function):
         q_, k_, v_, g_ = (_to_chunks(x, C, cd) for x in (q, k, v, g))
         state = q_.new_zeros(B * H, K, V) if h0 is None else h0.to(cd).reshape(B * H, K, V)  # [Z, K, V]
         qt, kt, _, r, b_last = _chunk_scaled(q_, k_, g_)
-        starts, final = _start_states(kt, v_, r, b_last, state)
-        scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
-        o = scores @ v_  # [N, Z, C, V]
-        o.view(-1, C, V).baddbmm_(  # [N*Z, C, V]
-            qt.reshape(-1, C, K), starts.mul_(torch.exp(r).transpose(-1, -2)).reshape(-1, K, V)
-        )
+        if K * V <= SMALL_STATE:
+            prefix = _prefix_states(kt, v_)  # [N, Z, C, K, V]
+            starts, final = _start_states_from(prefix[:, :, -1].clone(), r, b_last, state)
+            # o = qt . (exp(r) S_start + prefix): [N, Z, C, K, 1] * [N, Z, C, K, V] -> sum over K
+            o = (qt.unsqueeze(-1) * prefix.add_(starts.mul_(torch.exp(r).transpose(-1, -2)).unsqueeze(2))).sum(-2)
+        else:
+            starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
+            scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+            o = scores @ v_  # [N, Z, C, V]
+            o.view(-1, C, V).baddbmm_(  # [N*Z, C, V]
+                qt.reshape(-1, C, K), starts.mul_(torch.exp(r).transpose(-1, -2)).reshape(-1, K, V)
+            )
         ctx.save_for_backward(q, k, v, g, h0)
         ctx.chunk = C
         return _from_chunks(o, B, T, q.dtype), final.view(B, H, K, V)
@@ -136,12 +155,21 @@ class _ChunkedRecurrence(torch.autograd.Function):
         q_, k_, v_, g_, do_ = (_to_chunks(x, C, cd) for x in (q, k, v, g, do))
         state = q_.new_zeros(Z, K, V) if h0 is None else h0.to(cd).reshape(Z, K, V)  # [Z, K, V]
         qt, kt, scale, r, b_last = _chunk_scaled(q_, k_, g_)
-        starts, final = _start_states(kt, v_, r, b_last, state)
+        small = K * V <= SMALL_STATE
+        if small:
+            prefix = _prefix_states(kt, v_)  # [N, Z, C, K, V]
+            starts, final = _start_states_from(prefix[:, :, -1].clone(), r, b_last, state)
+            # d(prefix)_t = qt_t (x) do_t, summed from the end of the chunk: [N, Z, C, K, V]
+            d_prefix = (qt.unsqueeze(-1) * do_.unsqueeze(-2)).flip(2).cumsum(2).flip(2)
+            local = d_prefix[:, :, 0].clone()  # [N, Z, K, V], gradient of exp(r) S_start from this chunk's outputs
+        else:
+            starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
+            local = qt.transpose(-1, -2) @ do_  # [N, Z, K, V]
         exp_r = torch.exp(r).transpose(-1, -2)  # [N, Z, K, 1]
         decay = torch.exp(b_last).transpose(-1, -2)  # [N, Z, K, 1]
+        local.mul_(exp_r)
 
         # gradient of the state at the end of each chunk, from the last chunk back to the first
-        local = (qt.transpose(-1, -2) @ do_).mul_(exp_r)  # [N, Z, K, V], from this chunk's outputs
         d_final = d_final.to(cd).reshape(Z, K, V)  # [B, H, K, V] -> [Z, K, V]
         N = local.shape[0]
         d_end = torch.empty_like(local)  # [N, Z, K, V]
@@ -152,18 +180,27 @@ class _ChunkedRecurrence(torch.autograd.Function):
         del local
 
         d_update = d_end.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V], gradient of kt^T @ V
-        d_scores = torch.matmul(do_, v_.transpose(-1, -2)).tril_()  # [N, Z, C, C]
-        dqt = d_scores @ kt  # [N, Z, C, K]
-        dqt.view(-1, C, K).baddbmm_(  # [N*Z, C, K]
-            do_.reshape(-1, C, V), starts.mul_(exp_r).transpose(-1, -2).reshape(-1, V, K)
-        )
-        dkt = d_scores.transpose(-1, -2) @ qt  # [N, Z, C, K]
-        dkt.view(-1, C, K).baddbmm_(v_.reshape(-1, C, V), d_update.transpose(-1, -2).reshape(-1, V, K))
-        del d_scores
-        scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
-        dv = scores.transpose(-1, -2) @ do_  # [N, Z, C, V]
-        dv.view(-1, C, V).baddbmm_(kt.reshape(-1, C, K), d_update.reshape(-1, K, V))
-        del scores
+        if small:
+            # every row's kt (x) v enters the chunk's update: [N, Z, C, K, V]
+            d_prefix.add_(d_update.unsqueeze(2))
+            full = prefix.add_(starts.mul_(exp_r).unsqueeze(2))  # [N, Z, C, K, V], exp(r) S_start + prefix
+            dqt = (full * do_.unsqueeze(-2)).sum(-1)  # [N, Z, C, K]
+            dkt = (d_prefix * v_.unsqueeze(-2)).sum(-1)  # [N, Z, C, K]
+            dv = (d_prefix * kt.unsqueeze(-1)).sum(-2)  # [N, Z, C, V]
+            del full, d_prefix
+        else:
+            d_scores = torch.matmul(do_, v_.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+            dqt = d_scores @ kt  # [N, Z, C, K]
+            dqt.view(-1, C, K).baddbmm_(  # [N*Z, C, K]
+                do_.reshape(-1, C, V), starts.mul_(exp_r).transpose(-1, -2).reshape(-1, V, K)
+            )
+            dkt = d_scores.transpose(-1, -2) @ qt  # [N, Z, C, K]
+            dkt.view(-1, C, K).baddbmm_(v_.reshape(-1, C, V), d_update.transpose(-1, -2).reshape(-1, V, K))
+            del d_scores
+            scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
+            dv = scores.transpose(-1, -2) @ do_  # [N, Z, C, V]
+            dv.view(-1, C, V).baddbmm_(kt.reshape(-1, C, K), d_update.reshape(-1, K, V))
+            del scores
         # q = qt / scale and k = kt * scale: q dq = qt dqt and k dk = kt dkt
         dg = _reverse_cumsum_in_time(qt.mul_(dqt).sub_(kt.mul_(dkt)))  # [N, Z, C, K]
         dg.add_((final * d_final).sum(-1).unsqueeze(-2))  # + sum_v S_T dS_T, [Z, 1, K] broadcast
