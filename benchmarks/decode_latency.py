@@ -2,10 +2,10 @@
 """Per-token generation latency against context length: HGRN2 (recurrent state) against fairseq's transformer_lm.
 
 Usage: python benchmarks/decode_latency.py [--quick] [--contexts 256 512 ...] [--arch ARCH] [--steps N]
-                                           [--threads N] [--out-dir DIR]
+                                           [--beams N] [--threads N] [--out-dir DIR]
 
 Both models have the same width (``--width``, 512), depth (``--layers``, 6) and vocabulary (``--vocab``, 50,264:
-WikiText-103's GPT-2 BPE), tied embeddings, fp32, eval mode, batch 1. ``transformer_lm`` keeps its defaults
+WikiText-103's GPT-2 BPE), tied embeddings, fp32, eval mode, one prompt. ``transformer_lm`` keeps its defaults
 otherwise (8 heads, FFN 2048, sinusoidal positions) and gets ``--decoder-input-dim``/``--decoder-output-dim`` equal
 to the width, so that it has no extra projections.
 
@@ -15,6 +15,8 @@ fairseq's own layers and checked against a full forward once), then makes ``--st
 with fairseq's ``incremental_state``. All contexts are prefilled first; each round of steps then runs one step of
 every (context, model) pair, so that a change of machine load hits every measurement alike. A step is what fairseq's sequence generator runs per token: the decoder on the prefix (of which only the
 new token is computed) and the logits. The median step time is reported, with the state each model carries.
+``--beams N`` decodes N hypotheses of the prompt at once, as beam search does: the prompt is read once and its
+state copied to the N rows by each decoder's ``reorder_incremental_state`` (fairseq's own, for the transformer).
 
 It prints a table with the ratios and writes ``decode_latency.csv`` and ``decode_latency.png`` to ``--out-dir``.
 """
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=50264)
     parser.add_argument("--steps", type=int, default=40, help="timed decoding steps per model and context")
+    parser.add_argument("--beams", type=int, default=1, help="rows decoded per step (beam search's beam)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -123,8 +126,8 @@ def main(argv=None) -> int:
         args.contexts, args.width, args.layers, args.vocab, args.steps = [32, 96], 64, 2, 1000, 3
         if args.arch == "hgrn2_lm_outproduct_128":
             args.arch = "hgrn2_lm_outproduct_16"
-    if min(args.contexts) < 1 or args.steps < 1 or args.threads < 1 or args.vocab <= 4:
-        logger.error("error: contexts, --steps and --threads must be positive and --vocab above 4")
+    if min(args.contexts) < 1 or min(args.steps, args.threads, args.beams) < 1 or args.vocab <= 4:
+        logger.error("error: contexts, --steps, --beams and --threads must be positive and --vocab above 4")
         return 2
     if args.arch not in ARCH_MODEL_REGISTRY or not args.arch.startswith("hgrn2_lm"):
         logger.error("error: unknown HGRN2 architecture %r", args.arch)
@@ -169,6 +172,8 @@ def main(argv=None) -> int:
         for name, decoder in decoders.items():
             start = time.perf_counter()
             state = prefill[name](decoder, tokens[:, :context])
+            if args.beams > 1:  # the prompt's state, copied to every beam
+                decoder.reorder_incremental_state_scripting(state, torch.zeros(args.beams, dtype=torch.long))
             runs[context, name] = dict(tokens=tokens, state=state, prefill_s=time.perf_counter() - start, times=[])
         logger.info("C=%d prefilled: hgrn2 %.2f s, transformer %.2f s", context,
                     runs[context, "hgrn2"]["prefill_s"], runs[context, "transformer"]["prefill_s"])
@@ -177,9 +182,10 @@ def main(argv=None) -> int:
             for context in args.contexts:
                 for name, decoder in decoders.items():
                     run = runs[context, name]
-                    prefix = run["tokens"][:, : context + step + 1]  # the whole prefix, as fairseq's generators pass it
+                    # the whole prefix, as fairseq's generators pass it: [beams, C + step + 1]
+                    prefix = run["tokens"][:, : context + step + 1].expand(args.beams, -1)
                     start = time.perf_counter()
-                    logits, _ = decoder(prefix, incremental_state=run["state"])  # [1, 1, vocab]
+                    logits, _ = decoder(prefix, incremental_state=run["state"])  # [beams, 1, vocab]
                     logits.log_softmax(-1)
                     if step >= 2:
                         run["times"].append(time.perf_counter() - start)
@@ -190,7 +196,7 @@ def main(argv=None) -> int:
         ms = {name: 1e3 * statistics.median(runs[context, name]["times"]) for name in decoders}
         rows.append(
             dict(
-                context=context, hgrn2_ms=round(ms["hgrn2"], 3), transformer_ms=round(ms["transformer"], 3),
+                context=context, beams=args.beams, hgrn2_ms=round(ms["hgrn2"], 3), transformer_ms=round(ms["transformer"], 3),
                 transformer_over_hgrn2=round(ms["transformer"] / ms["hgrn2"], 2),
                 hgrn2_state_kib=round(state_bytes(hgrn2_run["state"]) / 1024, 1),
                 transformer_cache_kib=round(state_bytes(transformer_run["state"]) / 1024, 1),
@@ -208,12 +214,14 @@ def main(argv=None) -> int:
     lines += ["".join(str(r[h]).rjust(w) for h, w in zip(header, widths)) for r in rows]
     logger.info("\n%s", "\n".join(lines))
     logger.info(
-        "per-token latency at batch 1, median of %d steps; transformer_over_hgrn2 > 1: HGRN2 is faster; "
-        "hgrn2_over_first_context: HGRN2's latency relative to the shortest context (%d)", args.steps, rows[0]["context"],
+        "latency of one decoding step for %d beam(s), median of %d steps; transformer_over_hgrn2 > 1: HGRN2 is faster; "
+        "hgrn2_over_first_context: HGRN2's latency relative to the shortest context (%d)",
+        args.beams, args.steps, rows[0]["context"],
     )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = args.out_dir / "decode_latency.csv", args.out_dir / "decode_latency.png"
+    suffix = f"_beam{args.beams}" if args.beams > 1 else ""
+    csv_path, png_path = args.out_dir / f"decode_latency{suffix}.csv", args.out_dir / f"decode_latency{suffix}.png"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
@@ -232,11 +240,11 @@ def plot(rows, path: Path, args) -> None:
 
     contexts = [r["context"] for r in rows]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_t.plot(contexts, [r["hgrn2_ms"] for r in rows], marker="o", label=args.arch)
+    ax_t.plot(contexts, [r["hgrn2_ms"] for r in rows], marker="o", label=args.arch)  # ms per step of all beams
     ax_t.plot(contexts, [r["transformer_ms"] for r in rows], marker="o", label="transformer_lm")
     ax_m.plot(contexts, [r["hgrn2_state_kib"] / 1024 for r in rows], marker="o", label=f"{args.arch} state")
     ax_m.plot(contexts, [r["transformer_cache_kib"] / 1024 for r in rows], marker="o", label="transformer_lm KV cache")
-    for ax, ylabel in ((ax_t, "ms per generated token"), (ax_m, "decoding state (MiB)")):
+    for ax, ylabel in ((ax_t, "ms per decoding step (all beams)"), (ax_m, "decoding state (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens)")
@@ -244,7 +252,7 @@ def plot(rows, path: Path, args) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.suptitle(
-        f"Generation at batch 1 on CPU ({args.threads} thread(s)): width {args.width}, {args.layers} layers, "
+        f"Generation, {args.beams} beam(s), CPU ({args.threads} thread(s)): width {args.width}, {args.layers} layers, "
         f"vocab {args.vocab}"
     )
     fig.tight_layout()
