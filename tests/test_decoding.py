@@ -94,6 +94,19 @@ def test_prefill_then_step_equals_full_forward(arch, monkeypatch):
     assert diff <= 1e-4, f"max abs diff {diff:.2e}"
 
 
+@pytest.mark.parametrize("arch", ["hgrn2_lm_outproduct_4", "hgrn2_lm_expand2"])
+@torch.no_grad()
+def test_mixer_continues_a_saved_state_over_several_tokens(arch):
+    model = small_model(arch)
+    mixer, lower_bound = model.decoder.layers[1].token_mixer, model.decoder.lower_bounds()[1]
+    x = torch.randn(2, 90, mixer.embed_dim, generator=torch.Generator().manual_seed(4))
+    full, _ = mixer(x, lower_bound)
+    state = {}
+    parts = [mixer(x[:, a:b], lower_bound, incremental_state=state)[0] for a, b in ((0, 40), (40, 41), (41, 90))]
+    diff = (torch.cat(parts, dim=1) - full).abs().max().item()  # prompt, one step, then 49 tokens at once
+    assert diff <= 1e-5, f"max abs diff {diff:.2e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @torch.no_grad()
 def test_half_precision_decoding_keeps_an_fp32_state(dtype):
