@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_close, random_inputs
+from fairseq_hgrn2.ops.chunk_torch import stable_chunk_size
 from fairseq_hgrn2.ops import (
     hgrn2_recurrence,
     hgrn2_recurrence_chunk_torch,
@@ -152,3 +153,64 @@ def test_recurrent_step_continues_the_chunked_state(tokens_per_step):
         outputs.append(hgrn2_recurrent_step(q[:, sl], k[:, sl], v[:, sl], g[:, sl], state))
     assert_close("o", full_o, torch.cat(outputs, 1), 1e-5)
     assert_close("state", full_s, state, 1e-5)
+
+
+@pytest.mark.parametrize("e", (2, 16), ids=("e2-elementwise", "e16-scores"))
+def test_custom_backward_passes_gradcheck(e):
+    """Finite differences against the hand-written backward, with padding, several chunks and h0."""
+    inputs = [x.detach().requires_grad_() for x in random_inputs(1, 21, 1, e, e, torch.float64)]
+
+    def fn(q, k, v, g, h0):
+        return hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0, output_final_state=True, chunk_size=8)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("e", (2, 16), ids=("e2-elementwise", "e16-scores"))
+def test_non_contiguous_inputs_and_partial_requires_grad(e):
+    """Inputs that are strided views; only k and g require grad; no initial state."""
+    q, k, v, g, _ = random_inputs(2, 50, 2, e, e, torch.float64, initial_state=False)
+    wide = [torch.stack([x, -x], dim=-1)[..., 0] for x in (q, k, v, g)]  # same values, last stride 2
+    assert not any(x.is_contiguous() for x in wide)
+    wide[1].requires_grad_()
+    wide[3].requires_grad_()
+    o, s = hgrn2_recurrence_chunk_torch(*wide, output_final_state=True)
+    gen = torch.Generator().manual_seed(3)
+    do, ds = torch.randn(o.shape, generator=gen, dtype=o.dtype), torch.randn(s.shape, generator=gen, dtype=s.dtype)
+    dk, dg = torch.autograd.grad((o * do).sum() + (s * ds).sum(), [wide[1], wide[3]])
+    ref = [x.clone().requires_grad_(i in (1, 3)) for i, x in enumerate((q, k, v, g))]
+    ref_o, ref_s = hgrn2_recurrence_ref(*ref, output_final_state=True)
+    ref_dk, ref_dg = torch.autograd.grad((ref_o * do).sum() + (ref_s * ds).sum(), [ref[1], ref[3]])
+    for name, r, x in (("o", ref_o, o), ("state", ref_s, s), ("dk", ref_dk, dk), ("dg", ref_dg, dg)):
+        assert_close(name, r, x, 1e-10)
+
+
+def test_no_grad_builds_no_graph():
+    q, k, v, g, h0 = random_inputs(1, 30, 2, 8, 8, torch.float32)
+    with torch.no_grad():
+        o, s = hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert o.grad_fn is None and s.grad_fn is None
+    o, _ = hgrn2_recurrence_chunk_torch(q, k, v, g, initial_state=h0)
+    assert not o.requires_grad
+
+
+@pytest.mark.parametrize("e", (2, 16), ids=("e2-elementwise", "e16-scores"))
+def test_forgetting_everything_shrinks_chunks_to_one_token(e):
+    """A log decay of -100 per step leaves no stable chunk longer than 1: still exact, still finite."""
+    assert stable_chunk_size(torch.full((1, 64, 1, 4), -100.0), 64) == 1
+    assert stable_chunk_size(torch.full((1, 64, 1, 4), -0.5), 64) == 64
+    q, k, v, g, h0 = random_inputs(1, 40, 2, e, e, torch.float32)
+    g[:, 10:20] = -100.0
+    check = lambda x: [t.double() for t in x]  # noqa: E731
+    ref = outputs_and_grads(hgrn2_recurrence_ref, check((q, k, v, g, h0)), *_probes(q, e))
+    out = outputs_and_grads(hgrn2_recurrence_chunk_torch, (q, k, v, g, h0), *_probes(q, e))
+    for name, r, o in zip(("o", "final_state", "dq", "dk", "dv", "dg", "dh0"), ref, out):
+        assert_close(name, r, o, TOLERANCE[torch.float32])
+
+
+def _probes(q, e):
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, _ = q.shape
+    return torch.randn(B, T, H, e, generator=gen, dtype=torch.float64), torch.randn(
+        B, H, e, e, generator=gen, dtype=torch.float64
+    )
