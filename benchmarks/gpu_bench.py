@@ -9,6 +9,7 @@ Usage: python benchmarks/gpu_bench.py --csv OUT.csv [--T 512,2048,8192] [--e 2,1
 """
 import argparse
 import csv
+import inspect
 import logging
 import sys
 import time
@@ -123,8 +124,19 @@ def implementations(B, T, d, e, dtype, device, chunk_gla):
     attn = tuple(leaf(B, heads, T, width) for _ in range(3))  # [B, heads, T, 64]
     impls["sdpa_causal"] = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), attn)
     if chunk_gla is not None:
-        impls["fla_chunk_gla"] = (lambda q, k, v, g: chunk_gla(q, k, v, g, scale=1.0)[0], qkvg())
+        # [B, T, H, K] inputs; older fla releases default to head-first [B, H, T, K] unless told otherwise
+        layout = {"head_first": False} if "head_first" in inspect.signature(chunk_gla).parameters else {}
+        impls["fla_chunk_gla"] = (lambda q, k, v, g: chunk_gla(q, k, v, g, scale=1.0, **layout)[0], qkvg())
     return impls
+
+
+def triton_error(impls) -> str:
+    """Relative RMS difference of the Triton output from the chunked PyTorch one on the timed inputs."""
+    (triton_fn, inputs), (torch_fn, torch_inputs) = impls["triton"], impls["torch_chunk"]
+    with torch.no_grad():
+        ref = torch_fn(*torch_inputs).double()
+        out = triton_fn(*torch_inputs).double()
+    return f"{((ref - out).norm() / ref.norm()).item():.2e}"
 
 
 def main(argv=None):
@@ -137,13 +149,20 @@ def main(argv=None):
     rows = []
     started = time.perf_counter()
     with open(args.csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["impl", "B", "T", "d", "e", "H", "dtype", "ms", "error"])
+        fields = ["impl", "B", "T", "d", "e", "H", "dtype", "ms", "rel_err_vs_torch", "error"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for T in args.T:
             for e in args.e:
-                for name, (fn, inputs) in implementations(args.B, T, args.d, e, dtype, device, chunk_gla).items():
+                impls = implementations(args.B, T, args.d, e, dtype, device, chunk_gla)
+                try:
+                    rel_err = triton_error(impls)
+                except Exception as err:  # reported in the CSV; the timings still run
+                    rel_err = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+                for name, (fn, inputs) in impls.items():
                     row = {"impl": name, "B": args.B, "T": T, "d": args.d, "e": e, "H": args.d // e,
-                           "dtype": args.dtype, "ms": "", "error": ""}
+                           "dtype": args.dtype, "ms": "", "rel_err_vs_torch": rel_err if name == "triton" else "",
+                           "error": ""}
                     try:
                         if time.perf_counter() - started > args.max_s:
                             raise TimeoutError(f"skipped: past --max-s {args.max_s:g}")
@@ -158,6 +177,10 @@ def main(argv=None):
                     rows.append(row)
                     logger.info("%-14s T=%-5d e=%-4d %s", name, T, e, f"{row['ms']} ms" if row["ms"] else row["error"])
     print_table(rows)
+    for row in rows:
+        if row["impl"] == "triton":
+            logger.info("triton vs torch_chunk output, T=%s e=%s: relative RMS %s",
+                        row["T"], row["e"], row["rel_err_vs_torch"])
     return 0 if all(r["ms"] for r in rows if r["impl"] == "triton") else 1
 
 

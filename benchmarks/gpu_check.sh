@@ -27,12 +27,13 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET HGRN2_BACKEND
 
 if ! "$PYTHON" -c "import torch, triton, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "error: $PYTHON sees no CUDA GPU (or lacks torch/triton)" >&2
     exit 1
 fi
-"$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+"$PYTHON" -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"
 
 status=0
 echo "== 1/2 kernel cases on CUDA"

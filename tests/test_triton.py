@@ -51,7 +51,8 @@ def test_kernels_under_the_interpreter(selection):
         "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"interpreter cases '{selection}' failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    output = f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"interpreter cases '{selection}' failed:\n{output}"
     assert " passed" in proc.stdout and " deselected" in proc.stdout, proc.stdout[-2000:]
 
 

@@ -115,7 +115,8 @@ def _chunk_bwd_kernel(
     p_s = (i_bh * NS + i_s) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV] in [B*H, NS, K, V]
     m_s = mk[:, None] & mv[None, :]
 
-    # forward sweep from the segment's start state: dq_i = exp(b_i) (S do_i) + sum_{j<=i} (do_i . v_j) k_j exp(b_i - b_j)
+    # forward sweep from the segment's start state:
+    # dq_i = exp(b_i) (S do_i) + sum_{j <= i} (do_i . v_j) k_j exp(b_i - b_j)
     state = tl.load(states + p_s, mask=m_s, other=0.0)
     n_here = tl.minimum(SEG // C, tl.cdiv(T - i_s * SEG, C))
     for c in range(n_here):
