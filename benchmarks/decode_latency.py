@@ -120,8 +120,6 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)  # fairseq configures logging on import
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     if args.quick:
         args.contexts, args.width, args.layers, args.vocab, args.steps = [32, 96], 64, 2, 1000, 3
         if args.arch == "hgrn2_lm_outproduct_128":
@@ -261,4 +259,6 @@ def plot(rows, path: Path, args) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)  # fairseq configures logging on import
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     sys.exit(main())

@@ -1,5 +1,6 @@
 """Recurrent incremental decoding: token-by-token logits, prefill, beam reordering, constant state, generation tools."""
 import csv
+import importlib.util
 import re
 import sys
 
@@ -120,6 +121,34 @@ def test_half_precision_decoding_keeps_an_fp32_state(dtype):
     assert decoded.dtype == dtype
     assert all(saved["state"].dtype == torch.float32 for saved in state.values())
     assert (decoded.float() - full.float()).abs().max().item() <= 0.05  # logits of size ~4, half-precision rounding
+
+
+TRITON_DECODE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from test_decoding import small_model, tokens
+model, x = small_model("hgrn2_lm_outproduct_16"), tokens(2, 8)
+with torch.no_grad():
+    full, _ = model(x)  # the torch backend
+    state = {}
+    with_triton = lambda prefix: model.decoder(prefix, incremental_state=state)[0]
+    import os; os.environ["HGRN2_BACKEND"] = "triton"
+    decoded = torch.cat([with_triton(x[:, :5])] + [with_triton(x[:, : t + 1]) for t in range(5, 8)], dim=1)
+print("max_abs_diff", (decoded - full).abs().max().item())
+"""
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("triton"), reason="triton is not installed")
+def test_decoding_through_the_triton_kernels_under_the_interpreter():
+    """The GPU route (Triton chunked prefill and step kernel), run by the Triton interpreter in its own process."""
+    proc = run_cli(
+        [sys.executable, "-c", TRITON_DECODE, REPO / "tests"],
+        env={**SINGLE_THREAD, "TRITON_INTERPRET": "1", "HGRN2_BACKEND": "torch"},
+    )
+    assert "backend on cpu: triton" in proc.stderr, proc.stderr[-2000:]
+    diff = float(re.search(r"max_abs_diff (\S+)", proc.stdout).group(1))
+    assert diff <= 1e-4, f"max abs diff {diff:.2e}"
 
 
 def state_tensors(state):
@@ -272,9 +301,11 @@ def test_hub_from_pretrained_then_sample(trained, tiny_data_bin):
 
 
 def test_decode_latency_benchmark_quick(tmp_path):
-    run_cli(
-        [sys.executable, REPO / "benchmarks/decode_latency.py", "--quick", "--out-dir", tmp_path], env=SINGLE_THREAD
-    )
+    spec = importlib.util.spec_from_file_location("decode_latency", REPO / "benchmarks/decode_latency.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    assert benchmark.main(["--quick", "--beams", "0", "--out-dir", str(tmp_path / "bad")]) == 2
     with open(tmp_path / "decode_latency.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["context"]) for r in rows] == [32, 96]
