@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import shutil
 import threading
 from typing import Any, Dict, Optional
@@ -53,9 +54,12 @@ def atomic_copy(src: str, dst: str) -> None:
 
 def _unreadable(path: str, err: BaseException) -> CheckpointError:
     if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        # torch names the first class it refused: "Unsupported global: GLOBAL argparse.Namespace was not ..."
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = refused.group(1) if refused else "Python objects"
         return CheckpointError(
-            f"torch's safe loader (weights_only=True) refuses {path}: it pickles Python objects, as checkpoints "
-            "of older fairseq versions do; if you trust the file, allow their classes with "
+            f"torch's safe loader (weights_only=True) refuses {path}: it pickles {what}, as checkpoints of older "
+            "fairseq versions do; if you trust the file, convert it once with "
             "torch.serialization.add_safe_globals (README, Reliability)"
         )
     reason = f"{type(err).__name__}: {err}".split("\n")[0].rstrip(": ")

@@ -28,8 +28,15 @@ RESUME_ENV = {
     "PRECISION": "fp32", "LOG_INTERVAL": "1", "CPU_PROCS": "1", "EVAL_MAX_TOKENS": "2048",
 }
 RESUME_FLAGS = [*TINY_MODEL, "--save-interval-updates", "4", "--keep-interval-updates", "1"]
+# Tiny models on 2 shared cores run several times faster on one thread than on two (fewer, larger time slices).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TRAIN_LOSS_RE = re.compile(r"train_inner \|.*? loss=([^,]+),.*?num_updates=(\d+),")
 SAVED_RE = re.compile(r"Saved checkpoint \S+ \(epoch \d+ @ (\d+) updates")
+
+
+def script(name, *args, env=None):
+    """scripts/<name> run as test_scripts.run_script runs it, on one thread."""
+    return run_script(name, *args, env={**ONE_THREAD, **(env or {})})
 
 
 def train_losses(output: str) -> dict:
@@ -49,7 +56,7 @@ def train_direct(data_bin, save_dir, *extra, arch=ARCH):
         "--batch-size", "4", "--max-update", "3", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
         "--share-decoder-input-output-embed", "--log-format", "simple", "--log-interval", "1", *map(str, extra),
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD})
 
 
 def last_error_line(proc) -> str:
@@ -64,10 +71,10 @@ def last_error_line(proc) -> str:
 def resumed(tiny_data_bin, tmp_path_factory):
     """An uninterrupted run, and the same command killed with SIGKILL after its first checkpoint, then rerun."""
     root = tmp_path_factory.mktemp("resume")
-    full = ok(run_script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS,
+    full = ok(script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS,
                          env={**RESUME_ENV, "SAVE_ROOT": str(root / "full")}))
 
-    env = {**os.environ, "PYTHON": sys.executable, **RESUME_ENV, "SAVE_ROOT": str(root / "killed")}
+    env = {**os.environ, "PYTHON": sys.executable, **ONE_THREAD, **RESUME_ENV, "SAVE_ROOT": str(root / "killed")}
     cmd = ["bash", str(REPO / "scripts/script_lm.sh"), ARCH, "0", str(tiny_data_bin), *RESUME_FLAGS]
     # a session of its own, so that the kill reaches bash, fairseq and tee at once, as a scheduler's does
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -86,7 +93,7 @@ def resumed(tiny_data_bin, tmp_path_factory):
     killed_output = "".join(killed_output)
     assert job.returncode == -signal.SIGKILL, killed_output[-3000:]
 
-    rerun = ok(run_script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS, env=env))
+    rerun = ok(script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS, env=env))
     return {"root": root, "full": full.stdout + full.stderr, "killed": killed_output, "rerun": rerun}
 
 
@@ -174,7 +181,7 @@ def test_truncated_checkpoint_last_is_refused_by_script_lm_and_by_fairseq_train(
     truncate(checkpoint)
     before = snapshot(tmp_path)
     env = {**RESUME_ENV, "SAVE_ROOT": str(save_root), "MAX_UPDATE": "20"}
-    proc = run_script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS, env=env)
+    proc = script("script_lm.sh", ARCH, 0, tiny_data_bin, *RESUME_FLAGS, env=env)
     one_line_error(proc, f"checkpoint {checkpoint} is truncated or corrupt", "move it away")
 
     # fairseq-train through the plugin: a crash whose last line says the same (not a silent restart)
@@ -187,7 +194,7 @@ def test_eval_lm_refuses_a_truncated_checkpoint(save_root, tiny_data_bin, tmp_pa
     checkpoint = save_root / ARCH / "checkpoint_best.pt"
     truncate(checkpoint)
     before = snapshot(tmp_path)
-    proc = run_script("eval_lm.sh", checkpoint, tiny_data_bin, env=RESUME_ENV)
+    proc = script("eval_lm.sh", checkpoint, tiny_data_bin, env=RESUME_ENV)
     one_line_error(proc, f"checkpoint {checkpoint} is truncated or corrupt")
     assert snapshot(tmp_path) == before
 
@@ -199,14 +206,14 @@ def test_script_lm_refuses_a_checkpoint_of_another_architecture(save_root, tiny_
     shutil.copy(save_root / ARCH / "checkpoint_last.pt", other / "checkpoint_last.pt")
     before = snapshot(tmp_path)
     env = {**RESUME_ENV, "SAVE_ROOT": str(save_root), "MAX_UPDATE": "20"}
-    proc = run_script("script_lm.sh", "hgrn2_lm_expand2", 0, tiny_data_bin, *TINY_MODEL, env=env)
+    proc = script("script_lm.sh", "hgrn2_lm_expand2", 0, tiny_data_bin, *TINY_MODEL, env=env)
     one_line_error(proc, f"holds a {ARCH} model, not hgrn2_lm_expand2")
     # the same through --finetune-from-model, a model to start a new run from
-    proc = run_script("script_lm.sh", "hgrn2_lm_expand2", 0, tiny_data_bin, *TINY_MODEL,
+    proc = script("script_lm.sh", "hgrn2_lm_expand2", 0, tiny_data_bin, *TINY_MODEL,
                       "--finetune-from-model", other / "checkpoint_last.pt", env={**env, "SAVE_ROOT": str(tmp_path / "new")})
     one_line_error(proc, f"holds a {ARCH} model, not hgrn2_lm_expand2")
     # --restore-file would restart every rerun from that file: refused, with what to do instead
-    proc = run_script("script_lm.sh", ARCH, 0, tiny_data_bin, "--restore-file", other / "checkpoint_last.pt", env=env)
+    proc = script("script_lm.sh", ARCH, 0, tiny_data_bin, "--restore-file", other / "checkpoint_last.pt", env=env)
     one_line_error(proc, "--restore-file", "checkpoint_last.pt", "--finetune-from-model")
     assert snapshot(tmp_path) == before
 
@@ -231,7 +238,7 @@ def test_eval_lm_refuses_a_data_bin_with_another_dictionary(save_root, tiny_data
     with open(other / "dict.txt", "a") as f:
         f.write("extra_word_1 1\nextra_word_2 1\n")
     before = snapshot(tmp_path)
-    proc = run_script("eval_lm.sh", save_root / ARCH / "checkpoint_best.pt", other, env=RESUME_ENV)
+    proc = script("eval_lm.sh", save_root / ARCH / "checkpoint_best.pt", other, env=RESUME_ENV)
     vocab = len(torch.load(save_root / ARCH / "checkpoint_best.pt", weights_only=True)["model"]
                 ["decoder.embed_tokens.weight"])
     one_line_error(proc, f"vocabulary of {vocab} entries", f"gives {vocab + 2}", "data-bin")
@@ -248,10 +255,10 @@ def test_a_zero_or_negative_sequence_length_is_refused(value, tiny_data_bin, tmp
     checkpoint = save_root / ARCH / "checkpoint_best.pt"
     checkpoint.write_bytes(b"not read")
     before = snapshot(tmp_path)
-    proc = run_script("script_lm.sh", ARCH, 0, tiny_data_bin, env={"SAVE_ROOT": str(save_root),
+    proc = script("script_lm.sh", ARCH, 0, tiny_data_bin, env={"SAVE_ROOT": str(save_root),
                                                                   "TOKENS_PER_SAMPLE": value})
     one_line_error(proc, "TOKENS_PER_SAMPLE must be an integer >= 1", f"'{value}'")
-    proc = run_script("eval_lm.sh", checkpoint, tiny_data_bin, "--tokens-per-sample", value)
+    proc = script("eval_lm.sh", checkpoint, tiny_data_bin, "--tokens-per-sample", value)
     one_line_error(proc, "TOKENS_PER_SAMPLE must be an integer >= 1", f"'{value}'")
     assert snapshot(tmp_path) == before
 
@@ -272,9 +279,9 @@ def empty_valid_bin(tiny_data_bin, tmp_path) -> Path:
 def test_an_empty_split_is_refused_by_training_and_evaluation(empty_valid_bin, save_root, tmp_path):
     before = snapshot(tmp_path)
     env = {**RESUME_ENV, "SAVE_ROOT": str(tmp_path / "new")}
-    proc = run_script("script_lm.sh", ARCH, 0, empty_valid_bin, *TINY_MODEL, env=env)
+    proc = script("script_lm.sh", ARCH, 0, empty_valid_bin, *TINY_MODEL, env=env)
     one_line_error(proc, "split 'valid'", "is empty (0 tokens)", "fairseq-preprocess")
-    proc = run_script("eval_lm.sh", save_root / ARCH / "checkpoint_best.pt", empty_valid_bin, "--subset", "valid",
+    proc = script("eval_lm.sh", save_root / ARCH / "checkpoint_best.pt", empty_valid_bin, "--subset", "valid",
                       env=RESUME_ENV)
     one_line_error(proc, "split 'valid'", "is empty (0 tokens)")
     assert snapshot(tmp_path) == before
@@ -342,3 +349,39 @@ def test_200_bf16_updates_on_cpu_stay_finite_and_lower_the_loss(tiny_data_bin, t
     assert values[-1] < 0.6 * values[0], losses  # e.g. 7.3 -> 2.7 on the tiny corpus
     progress = [line for line in output.splitlines() if "train_inner |" in line or "| train |" in line]
     assert progress and not any(re.search(r"=(nan|inf)\b| (nan|inf)\b", line, re.I) for line in progress)
+
+
+# --- 4. An older checkpoint, refused by the safe loader, converted as the README says ---
+
+def test_an_older_checkpoint_that_pickles_its_args_is_named_then_converts_as_the_readme_says(resumed, tiny_data_bin,
+                                                                                             tmp_path):
+    import argparse
+
+    from fairseq import checkpoint_utils, options
+    from omegaconf import OmegaConf
+
+    from fairseq_hgrn2.checkpoints import CheckpointError, model_summary, read_checkpoint
+
+    # the layout of older fairseq versions: the arguments as an argparse.Namespace under "args", no "cfg"
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(tiny_data_bin), "--user-dir", str(USER_DIR), "--task", "language_modeling", "--arch", ARCH, *TINY_MODEL,
+        "--tokens-per-sample", "32", "--share-decoder-input-output-embed", "--optimizer", "adam", "--lr", "0.002",
+    ])
+    current = torch.load(resumed["root"] / "full" / ARCH / "checkpoint_last.pt", weights_only=True)
+    old, converted = tmp_path / "old.pt", tmp_path / "converted.pt"
+    torch.save({**current, "args": args, "cfg": None}, old)
+    with pytest.raises(CheckpointError, match=r"refuses \S+old\.pt: it pickles argparse\.Namespace"):
+        read_checkpoint(str(old))
+
+    # the README's recipe; safe_globals is add_safe_globals limited to this block
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(old))
+    state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
+    state["args"] = None
+    torch.save(state, converted)
+
+    loaded = torch.load(converted, weights_only=True)
+    assert loaded["model"].keys() == current["model"].keys()
+    assert all(torch.equal(loaded["model"][k], current["model"][k]) for k in current["model"])
+    assert model_summary(read_checkpoint(str(converted))) == model_summary(current)
