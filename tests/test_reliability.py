@@ -190,12 +190,20 @@ def test_truncated_checkpoint_last_is_refused_by_script_lm_and_by_fairseq_train(
     assert snapshot(tmp_path) == before
 
 
-def test_eval_lm_refuses_a_truncated_checkpoint(save_root, tiny_data_bin, tmp_path):
+def test_eval_lm_and_fairseq_eval_lm_refuse_a_truncated_checkpoint(save_root, tiny_data_bin, tmp_path):
     checkpoint = save_root / ARCH / "checkpoint_best.pt"
     truncate(checkpoint)
     before = snapshot(tmp_path)
     proc = script("eval_lm.sh", checkpoint, tiny_data_bin, env=RESUME_ENV)
     one_line_error(proc, f"checkpoint {checkpoint} is truncated or corrupt")
+    # fairseq-eval-lm through the plugin: the same message as its last line
+    proc = subprocess.run(
+        [str(BIN / "fairseq-eval-lm"), str(tiny_data_bin), "--path", str(checkpoint), "--user-dir", str(USER_DIR),
+         "--cpu", "--gen-subset", "test", "--tokens-per-sample", "32"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD},
+    )
+    line = last_error_line(proc)
+    assert "CheckpointError" in line and f"checkpoint {checkpoint} is truncated or corrupt" in line, line
     assert snapshot(tmp_path) == before
 
 
