@@ -1,4 +1,7 @@
-"""Building blocks of the HGRN2 language model (plain PyTorch, no fairseq)."""
+"""Building blocks of the HGRN2 language model, in PyTorch.
+
+The token mixer keeps its decoding state with fairseq's incremental-state helpers.
+"""
 from .block import HGRN2Block
 from .glu import BilinearGLU
 from .lower_bound import ForgetGateLowerBounds
