@@ -18,7 +18,6 @@ evaluation scripts use to check their input before starting.
 """
 import contextlib
 import functools
-import logging
 import os
 import pickle
 import re
@@ -26,7 +25,6 @@ import shutil
 import threading
 from typing import Any, Dict, Optional
 
-logger = logging.getLogger(__name__)
 
 # Fields of the model config that change what a checkpoint's weights mean; all other fields (dropout, ...) may
 # change on a resume.
