@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Forward+backward time of the HGRN2 recurrence against SDPA causal attention of the same width, on CPU.
 
-Usage: python benchmarks/ops_speed.py [--quick] [--lengths 512 1024 ...] [--expand 2 16 128] [--out-dir DIR]
+Usage: python benchmarks/ops_speed.py [--quick] [--lengths 512 1024 ...] [--expand 2 16 128] [--repeats N]
+                                      [--ref-max-len T] [--threads N] [--out-dir DIR]
 
 For each length T and expand ratio e (B=2, width d=512, so H=512/e heads of e), it times, interleaved in one
 run (each repeat runs every variant once, the median is reported):
@@ -116,8 +117,13 @@ def main(argv=None) -> int:
     parser.add_argument("--expand", type=int, nargs="+", default=[2, 16, 128])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ref-max-len", type=int, default=1024, help="longest T the reference loop is timed at")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.lengths, args.expand, args.repeats = [512, 4096], [2, 128], 3

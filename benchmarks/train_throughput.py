@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput (tokens/s) of HGRN2 language models against fairseq's transformer_lm, on CPU.
 
-Usage: python benchmarks/train_throughput.py [--quick] [--lengths 512 2048 4096] [--out-dir DIR]
+Usage: python benchmarks/train_throughput.py [--quick] [--lengths 512 2048 4096] [--tokens N] [--layers N]
+                                             [--repeats N] [--threads N] [--out-dir DIR]
 
 Models are built in-process through fairseq's task and model registries, at the same width (512), depth (6),
 vocabulary (``--vocab``) and ~12 d^2 parameters per block: ``hgrn2_lm_outproduct_{2,16,128}`` (GLU of 8/3 d) and
@@ -86,8 +87,13 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.layers, args.lengths, args.repeats = 2, [512, 2048], 2

@@ -13,6 +13,10 @@ Every exponent is bounded by half the chunk's log-decay range ``R = b_first - b_
 within ``exp(+-MAX_LOG_RANGE / 2)`` and nothing overflows or underflows in fp32 however strong the decay. Scores
 above the diagonal may overflow; they are cut by ``tril`` before any use.
 
+Heads with a small state (``K * V <= SMALL_STATE``, e <= 8) skip the ``[C, C]`` scores, whose matmuls would
+have an inner size of ``e``: they take chunk-local prefix sums of ``kt (x) v`` (``[C, K, V]`` per chunk, elementwise)
+and read ``o_t = qt_t . (exp(r) S_start + prefix_t)``.
+
 The backward recomputes the chunk states (nothing but the inputs is saved) and gets the gate gradient from the
 identity ``dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) + sum_v (S_T * dS_T)``. All the work runs in fp32 (fp64 for
 fp64 inputs) whatever the input dtype.
