@@ -3,6 +3,7 @@
 
     python scripts/launch_plan.py --arch ARCH --gpus N [--nodes M] [--cpu-procs P] [--global-batch G]
                                   [--batch-size B] [--checkpoint checkpoint_last.pt] [--init-checkpoint CKPT]
+                                  [--data DATA_DIR]
     python scripts/launch_plan.py --list-archs
 
 Checks that ARCH is one of the plugin's architectures, that the global batch splits evenly over the processes,
@@ -10,8 +11,9 @@ and that this machine has the GPUs asked for. On success prints one line, ``DEVI
 UPDATE_FREQ DONE_UPDATES`` (the updates in --checkpoint, 0 without one), and explains the layout on stderr; on
 failure prints a one-line error and exits 2. One process does all of it: importing fairseq takes seconds.
 
-A checkpoint given (--checkpoint if it exists, --init-checkpoint always) must be readable and hold ARCH: a truncated
-file or another architecture's model is refused here, before anything is written.
+A checkpoint given (--checkpoint if it exists, --init-checkpoint always) must be readable, hold ARCH and, with --data,
+have the vocabulary of DATA_DIR/dict.txt: a truncated file, another architecture's model or another dictionary is
+refused here, before anything is written.
 """
 import argparse
 import logging
@@ -29,9 +31,10 @@ def architectures() -> list:
     return list(ARCHITECTURES)
 
 
-def check_checkpoint(path: str, arch: str) -> dict:
-    """checkpoint_info of ``path``; raises CheckpointError unless it is readable and holds a model of ``arch``."""
-    from checkpoint_info import checkpoint_info
+def check_checkpoint(path: str, arch: str, data_dir: str = None) -> dict:
+    """checkpoint_info of ``path``; raises CheckpointError unless it is readable, holds a model of ``arch`` and
+    (given ``data_dir``) has the vocabulary of its dict.txt."""
+    from checkpoint_info import check_data, checkpoint_info
 
     info = checkpoint_info(path)
     if info["arch"] != arch:
@@ -39,6 +42,8 @@ def check_checkpoint(path: str, arch: str) -> dict:
             f"checkpoint {path} holds a {info['arch']} model, not {arch}: give its architecture, "
             "or move the checkpoint away (or set SAVE_ROOT to another folder) to train a new model"
         )
+    if data_dir:
+        check_data(path, info, data_dir)
     return info
 
 
@@ -69,6 +74,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="most sequences per process per step")
     parser.add_argument("--checkpoint", help="a checkpoint to resume from, if it exists: its updates are reported")
     parser.add_argument("--init-checkpoint", help="a checkpoint the run starts from (--finetune-from-model)")
+    parser.add_argument("--data", help="the data dir of the run: checkpoints must have its dictionary")
     args = parser.parse_args()
 
     if args.list_archs:
@@ -103,9 +109,9 @@ def main() -> int:
     done_updates = 0
     try:
         if args.init_checkpoint:
-            check_checkpoint(args.init_checkpoint, args.arch)
+            check_checkpoint(args.init_checkpoint, args.arch, args.data)
         if args.checkpoint and os.path.exists(args.checkpoint):
-            done_updates = check_checkpoint(args.checkpoint, args.arch)["num_updates"]
+            done_updates = check_checkpoint(args.checkpoint, args.arch, args.data)["num_updates"]
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -88,7 +88,7 @@ LOG_FILE="$SAVE_DIR/train.log"
 # plugin, torch and the checkpoint.
 PLAN="$("$PYTHON" "$REPO/scripts/launch_plan.py" --arch "$ARCH" --gpus "$NUM_GPUS" --nodes "$NNODES" \
     --cpu-procs "$CPU_PROCS" --global-batch "$GLOBAL_BATCH" --batch-size "$BATCH_SIZE" \
-    --checkpoint "$SAVE_DIR/checkpoint_last.pt" "${INIT_CHECKPOINT[@]}")"
+    --checkpoint "$SAVE_DIR/checkpoint_last.pt" "${INIT_CHECKPOINT[@]}" --data "$DATA_DIR")"
 read -r DEVICE PROCS BATCH UPDATE_FREQ DONE <<<"$PLAN"
 if [[ -f "$SAVE_DIR/checkpoint_last.pt" ]]; then
     if ((DONE >= 10#$MAX_UPDATE)); then

@@ -240,7 +240,7 @@ def test_fairseq_train_refuses_to_resume_another_model_with_the_same_parameter_s
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("new")} == before
 
 
-def test_eval_lm_refuses_a_data_bin_with_another_dictionary(save_root, tiny_data_bin, tmp_path):
+def test_eval_lm_and_script_lm_refuse_a_data_bin_with_another_dictionary(save_root, tiny_data_bin, tmp_path):
     other = tmp_path / "other-bin"
     shutil.copytree(tiny_data_bin, other)
     with open(other / "dict.txt", "a") as f:
@@ -249,6 +249,10 @@ def test_eval_lm_refuses_a_data_bin_with_another_dictionary(save_root, tiny_data
     proc = script("eval_lm.sh", save_root / ARCH / "checkpoint_best.pt", other, env=RESUME_ENV)
     vocab = len(torch.load(save_root / ARCH / "checkpoint_best.pt", weights_only=True)["model"]
                 ["decoder.embed_tokens.weight"])
+    one_line_error(proc, f"vocabulary of {vocab} entries", f"gives {vocab + 2}", "data-bin")
+    # resuming the training on it
+    proc = script("script_lm.sh", ARCH, 0, other, *RESUME_FLAGS,
+                  env={**RESUME_ENV, "SAVE_ROOT": str(save_root), "MAX_UPDATE": "20"})
     one_line_error(proc, f"vocabulary of {vocab} entries", f"gives {vocab + 2}", "data-bin")
     assert snapshot(tmp_path) == before
 
