@@ -59,8 +59,8 @@ if ((TINY)); then
     VALIDATE_EVERY=4 SAMPLE_TOKENS=12
 else
     MAX_BYTES=0 VOCAB=4000 DIM=128 LAYERS=4 E=16 HEADS=4
-    export TOKENS_PER_SAMPLE=128 GLOBAL_BATCH=16 MAX_UPDATE=200 WARMUP_UPDATES=20 LOG_INTERVAL=10
-    VALIDATE_EVERY=20 SAMPLE_TOKENS=40
+    export TOKENS_PER_SAMPLE=128 GLOBAL_BATCH=16 MAX_UPDATE=150 WARMUP_UPDATES=15 LOG_INTERVAL=10
+    VALIDATE_EVERY=25 SAMPLE_TOKENS=40
 fi
 export BATCH_SIZE="$GLOBAL_BATCH" CPU_PROCS=1 LR=0.002 PRECISION=fp32
 HGRN2_ARCH="hgrn2_lm_outproduct_$E"
@@ -109,7 +109,9 @@ DATA="$OUT/data-bin"
     --validpref "$OUT/text/valid.txt" --testpref "$OUT/text/test.txt" --destdir "$DATA" \
     --nwordssrc "$VOCAB" --workers 2 2>&1 | tee "$OUT/preprocess.log" | sed -n -E '/Dictionary|replaced/p' >&2
 
-SHAPE=(--decoder-embed-dim "$DIM" --decoder-layers "$LAYERS" --validate-interval-updates "$VALIDATE_EVERY")
+# --num-workers 0: batches are loaded in the training process (a loader process would compete for the 2 cores)
+SHAPE=(--decoder-embed-dim "$DIM" --decoder-layers "$LAYERS" --validate-interval-updates "$VALIDATE_EVERY"
+    --num-workers 0)
 step 3 "training $HGRN2_ARCH (d=$DIM, $LAYERS layers, e=$E) for $MAX_UPDATE updates"
 SAVE_ROOT="$OUT/checkpoints" bash "$REPO/scripts/script_lm.sh" "$HGRN2_ARCH" 0 "$DATA" "${SHAPE[@]}" |
     sed -u -n -E '/train_inner|valid on|Stopping/p' >&2
@@ -129,14 +131,15 @@ mkdir -p "$TF_DIR"
     --batch-size "$GLOBAL_BATCH" --max-tokens "$((GLOBAL_BATCH * TOKENS_PER_SAMPLE))" --update-freq 1 \
     --required-batch-size-multiple 1 --max-update "$MAX_UPDATE" --seed "$SEED" \
     --save-dir "$TF_DIR" --no-epoch-checkpoints --log-format simple --log-interval "$LOG_INTERVAL" \
-    --validate-interval-updates "$VALIDATE_EVERY" --cpu --distributed-world-size 1 2>&1 |
+    --validate-interval-updates "$VALIDATE_EVERY" --num-workers 0 --cpu --distributed-world-size 1 2>&1 |
     tee "$TF_DIR/train.log" | sed -u -n -E '/train_inner|valid on|Stopping/p' >&2
 
 step 5 "evaluating both on the test split"
 HGRN2_DIR="$OUT/checkpoints/$HGRN2_ARCH"
 printf 'model\tcheckpoint\ttrain_log\teval\n' >"$OUT/runs.tsv"
-for run in "HGRN2 $HGRN2_DIR" "Transformer $TF_DIR"; do
-    read -r name dir <<<"$run"
+for name in HGRN2 Transformer; do
+    dir="$HGRN2_DIR"
+    [[ "$name" == HGRN2 ]] || dir="$TF_DIR"
     result="$(bash "$REPO/scripts/eval_lm.sh" "$dir/checkpoint_last.pt" "$DATA" --subset test 2>"$OUT/eval_$name.log" |
         tail -n 1)" || die "evaluation of $dir/checkpoint_last.pt failed (its log: $OUT/eval_$name.log)"
     log "$name: $result"
@@ -149,11 +152,13 @@ TOKENS="$(PYTHONPATH="$REPO/scripts" "$PYTHON" -c 'import sys; from demo_corpus 
     || die "cannot tokenise the prompt"
 [[ -n "$TOKENS" ]] || die "--prompt '$PROMPT' has no words"
 PROMPT_LEN="$(wc -w <<<"$TOKENS")"
+# top-20 sampling of SAMPLE_TOKENS / 2 to SAMPLE_TOKENS new tokens (the end of a line may come after the minimum);
 # fairseq-interactive prints "H-0<TAB>score<TAB>prompt and continuation" for each input line
 echo "$TOKENS" | "$PYTHON" -m fairseq_cli.interactive "$DATA" \
     --user-dir "$REPO/fairseq_hgrn2" --task language_modeling --path "$HGRN2_DIR/checkpoint_last.pt" --cpu \
     --beam 1 --nbest 1 --sampling --sampling-topk 20 --seed "$SEED" \
-    --max-len-a 0 --max-len-b "$((PROMPT_LEN + SAMPLE_TOKENS))" 2>"$OUT/sample.log" |
+    --min-len "$((PROMPT_LEN + SAMPLE_TOKENS / 2))" --max-len-a 0 --max-len-b "$((PROMPT_LEN + SAMPLE_TOKENS))" \
+    2>"$OUT/sample.log" |
     sed -n 's/^H-0\t[^\t]*\t//p' >"$OUT/sample.txt"
 [[ -s "$OUT/sample.txt" ]] || die "fairseq-interactive produced no sample (its log: $OUT/sample.log)"
 

@@ -82,6 +82,7 @@ def plot(rows: list, path: Path) -> None:
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
@@ -91,6 +92,8 @@ def plot(rows: list, path: Path) -> None:
     ax.set_xlabel("updates")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 120, not 1.2 x 10^2
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title("Validation perplexity")
