@@ -108,30 +108,49 @@ def _start_states_from(kv, r, b_last, state):
     return starts, final
 
 
-def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, T, H, D]`` -> ``[N, B*H, C, D]`` in ``dtype``, zero-padded to whole chunks."""
+def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype, small: bool) -> torch.Tensor:
+    """``[B, T, H, D]`` -> ``[N, B*H, C, D]`` (``small``: ``[B, N, C, H, D]``) in ``dtype``, zero-padded."""
     B, T, H, D = x.shape
     pad = -T % C
     if pad:
         # padded rows have g = 0 (no decay) and q = k = v = 0: they change neither outputs nor the state
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-    x = x.reshape(B, -1, C, H, D).permute(1, 0, 3, 2, 4)  # [B, N, C, H, D] -> [N, B, H, C, D]
+    x = x.reshape(B, -1, C, H, D)  # [B, N, C, H, D]
+    if small:  # elementwise work only: no transpose needed
+        return x.to(dtype)
+    x = x.permute(1, 0, 3, 2, 4)  # [B, N, C, H, D] -> [N, B, H, C, D]
     return x.to(dtype=dtype, memory_format=torch.contiguous_format).reshape(-1, B * H, C, D)  # [N, B*H, C, D]
 
 
 def _from_chunks(x: torch.Tensor, B: int, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[N, B*H, C, D]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
+    """``[N, B*H, C, D]`` or ``[B, N, C, H, D]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
+    if x.dim() == 5:
+        return x.reshape(B, -1, x.shape[3], x.shape[4])[:, :T].to(dtype)  # [B, N*C, H, D] -> [B, T, H, D]
     N, Z, C, D = x.shape
     x = x.reshape(N, B, Z // B, C, D).permute(1, 0, 3, 2, 4)  # [N, B, H, C, D] -> [B, N, C, H, D]
     return x.reshape(B, N * C, Z // B, D)[:, :T].to(dtype)  # [B, T, H, D]
 
 
-def _reverse_cumsum_in_time(x: torch.Tensor) -> torch.Tensor:
-    """``y_t = sum_{s >= t} x_s`` over the time axes ``(N, C)`` of ``x`` ``[N, Z, C, K]``."""
-    within = x.flip(2).cumsum(2).flip(2)  # [N, Z, C, K], suffix sums inside each chunk
-    totals = within[:, :, :1]  # [N, Z, 1, K], sum of each chunk
-    later = torch.zeros_like(totals)  # [N, Z, 1, K], sum of all the later chunks
-    later[:-1] = totals[1:].flip(0).cumsum(0).flip(0)
+def _chunk_major(x: torch.Tensor) -> torch.Tensor:
+    """A fresh ``[N, B*H, *]`` copy of a per-chunk tensor ``[B, N, H, *]`` (the small path's state loop layout)."""
+    B, N, H = x.shape[:3]
+    return x.transpose(0, 1).clone(memory_format=torch.contiguous_format).view(N, B * H, *x.shape[3:])
+
+
+def _batch_major(x: torch.Tensor, B: int) -> torch.Tensor:
+    """``[N, B*H, *]`` -> the view ``[B, N, 1, H, *]`` that broadcasts over the rows of a chunk."""
+    N, Z = x.shape[:2]
+    return x.view(N, B, Z // B, *x.shape[2:]).transpose(0, 1).unsqueeze(2)
+
+
+def _reverse_cumsum_in_time(x: torch.Tensor, chunk_dim: int) -> torch.Tensor:
+    """``y_t = sum_{s >= t} x_s`` over the time axes ``(N, C)`` = dims ``(chunk_dim, 2)`` of ``x``."""
+    within = x.flip(2).cumsum(2).flip(2)  # suffix sums inside each chunk
+    totals = within.narrow(2, 0, 1)  # sum of each chunk
+    later = torch.zeros_like(totals)  # sum of all the later chunks
+    N = x.shape[chunk_dim]
+    suffix = totals.narrow(chunk_dim, 1, N - 1).flip(chunk_dim).cumsum(chunk_dim).flip(chunk_dim)
+    later.narrow(chunk_dim, 0, N - 1).copy_(suffix)
     return within.add_(later)
 
 
@@ -139,7 +158,8 @@ class _ChunkedRecurrence(torch.autograd.Function):
     """Forward and backward of the chunked recurrence on ``[B, T, H, *]`` tensors (see the module docstring).
 
     Inside, tensors are ``[N, Z, C, D]`` (chunk, batch*head, row, channel) so that each chunk's slice of the
-    sequential state loop is contiguous.
+    sequential state loop is contiguous; the small-state path keeps ``[B, N, C, H, D]`` (no transpose) and
+    moves only the per-chunk states to ``[N, Z, K, V]``.
     """
 
     @staticmethod
@@ -148,14 +168,17 @@ class _ChunkedRecurrence(torch.autograd.Function):
         V = v.shape[-1]
         cd = torch.float64 if q.dtype == torch.float64 else torch.float32
         C = stable_chunk_size(g, min(chunk_size, T))
-        q_, k_, v_, g_ = (_to_chunks(x, C, cd) for x in (q, k, v, g))
+        small = K * V <= SMALL_STATE
+        q_, k_, v_, g_ = (_to_chunks(x, C, cd, small) for x in (q, k, v, g))
         state = q_.new_zeros(B * H, K, V) if h0 is None else h0.to(cd).reshape(B * H, K, V)  # [Z, K, V]
         qt, kt, _, r, b_last = _chunk_scaled(q_, k_, g_)
-        if K * V <= SMALL_STATE:
-            prefix = _prefix_states(kt, v_)  # [N, Z, C, K, V]
-            starts, final = _start_states_from(prefix[:, :, -1].clone(), r, b_last, state)
-            # o = qt . (exp(r) S_start + prefix): [N, Z, C, K, 1] * [N, Z, C, K, V] -> sum over K
-            o = (qt.unsqueeze(-1) * prefix.add_(starts.mul_(torch.exp(r).transpose(-1, -2)).unsqueeze(2))).sum(-2)
+        if small:
+            prefix = _prefix_states(kt, v_)  # [B, N, C, H, K, V]
+            r_n, b_last_n = (_chunk_major(x.squeeze(2)).unsqueeze(2) for x in (r, b_last))  # [N, Z, 1, K]
+            starts, final = _start_states_from(_chunk_major(prefix[:, :, -1]), r_n, b_last_n, state)
+            starts = _batch_major(starts.mul_(torch.exp(r_n).transpose(-1, -2)), B)  # [B, N, 1, H, K, V]
+            # o = qt . (exp(r) S_start + prefix): [B, N, C, H, K, 1] * [B, N, C, H, K, V] -> sum over K
+            o = (qt.unsqueeze(-1) * prefix.add_(starts)).sum(-2)  # [B, N, C, H, V]
         else:
             starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
             scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
@@ -175,16 +198,17 @@ class _ChunkedRecurrence(torch.autograd.Function):
         V = v.shape[-1]
         Z = B * H
         cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-        q_, k_, v_, g_, do_ = (_to_chunks(x, C, cd) for x in (q, k, v, g, do))
+        small = K * V <= SMALL_STATE
+        q_, k_, v_, g_, do_ = (_to_chunks(x, C, cd, small) for x in (q, k, v, g, do))
         state = q_.new_zeros(Z, K, V) if h0 is None else h0.to(cd).reshape(Z, K, V)  # [Z, K, V]
         qt, kt, scale, r, b_last = _chunk_scaled(q_, k_, g_)
-        small = K * V <= SMALL_STATE
         if small:
-            prefix = _prefix_states(kt, v_)  # [N, Z, C, K, V]
-            starts, final = _start_states_from(prefix[:, :, -1].clone(), r, b_last, state)
-            # d(prefix)_t = qt_t (x) do_t, summed from the end of the chunk: [N, Z, C, K, V]
+            prefix = _prefix_states(kt, v_)  # [B, N, C, H, K, V]
+            r, b_last = (_chunk_major(x.squeeze(2)).unsqueeze(2) for x in (r, b_last))  # [N, Z, 1, K]
+            starts, final = _start_states_from(_chunk_major(prefix[:, :, -1]), r, b_last, state)
+            # d(prefix)_t = qt_t (x) do_t, summed from the end of the chunk: [B, N, C, H, K, V]
             d_prefix = (qt.unsqueeze(-1) * do_.unsqueeze(-2)).flip(2).cumsum(2).flip(2)
-            local = d_prefix[:, :, 0].clone()  # [N, Z, K, V], gradient of exp(r) S_start from this chunk's outputs
+            local = _chunk_major(d_prefix[:, :, 0])  # [N, Z, K, V], gradient of exp(r) S_start from the outputs
         else:
             starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
             local = qt.transpose(-1, -2) @ do_  # [N, Z, K, V]
@@ -207,12 +231,12 @@ class _ChunkedRecurrence(torch.autograd.Function):
 
         d_update = d_end.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V], gradient of kt^T @ V
         if small:
-            # every row's kt (x) v enters the chunk's update: [N, Z, C, K, V]
-            d_prefix.add_(d_update.unsqueeze(2))
-            full = prefix.add_(starts.mul_(exp_r).unsqueeze(2))  # [N, Z, C, K, V], exp(r) S_start + prefix
-            dqt = (full * do_.unsqueeze(-2)).sum(-1)  # [N, Z, C, K]
-            dkt = (d_prefix * v_.unsqueeze(-2)).sum(-1)  # [N, Z, C, K]
-            dv = (d_prefix * kt.unsqueeze(-1)).sum(-2)  # [N, Z, C, V]
+            # every row's kt (x) v enters the chunk's update: [B, N, C, H, K, V]
+            d_prefix.add_(_batch_major(d_update, B))
+            full = prefix.add_(_batch_major(starts.mul_(exp_r), B))  # [B, N, C, H, K, V], exp(r) S_start + prefix
+            dqt = (full * do_.unsqueeze(-2)).sum(-1)  # [B, N, C, H, K]
+            dkt = (d_prefix * v_.unsqueeze(-2)).sum(-1)  # [B, N, C, H, K]
+            dv = (d_prefix * kt.unsqueeze(-1)).sum(-2)  # [B, N, C, H, V]
             del full, d_prefix
         else:
             d_scores = torch.matmul(do_, v_.transpose(-1, -2)).tril_()  # [N, Z, C, C]
@@ -228,8 +252,9 @@ class _ChunkedRecurrence(torch.autograd.Function):
             dv.view(-1, C, V).baddbmm_(kt.reshape(-1, C, K), d_update.reshape(-1, K, V))
             del scores
         # q = qt / scale and k = kt * scale: q dq = qt dqt and k dk = kt dkt
-        dg = _reverse_cumsum_in_time(qt.mul_(dqt).sub_(kt.mul_(dkt)))  # [N, Z, C, K]
-        dg.add_((final * d_final).sum(-1).unsqueeze(-2))  # + sum_v S_T dS_T, [Z, 1, K] broadcast
+        dg = _reverse_cumsum_in_time(qt.mul_(dqt).sub_(kt.mul_(dkt)), chunk_dim=1 if small else 0)
+        state_term = (final * d_final).sum(-1)  # [Z, K], sum_v S_T dS_T, the same for every step
+        dg.add_(state_term.view(B, 1, 1, H, K) if small else state_term.unsqueeze(-2))
         return (
             _from_chunks(dqt.mul_(scale), B, T, q.dtype),
             _from_chunks(dkt.div_(scale), B, T, k.dtype),
