@@ -86,8 +86,8 @@ def _serial_slices(state: torch.Tensor):
 
 
 def _prefix_states(kt, v):
-    """Chunk-local prefix sums ``sum_{s <= t} kt_s (x) v_s`` ``[N, Z, C, K, V]`` (the elementwise path)."""
-    return (kt.unsqueeze(-1) * v.unsqueeze(-2)).cumsum(2)  # [N, Z, C, K, 1] * [N, Z, C, 1, V]
+    """Chunk-local prefix sums ``sum_{s <= t} kt_s (x) v_s`` ``[B, N, C, K, V, H]`` (the elementwise path)."""
+    return (kt.unsqueeze(4) * v.unsqueeze(3)).cumsum(2)  # [B, N, C, K, 1, H] * [B, N, C, 1, V, H]
 
 
 def _start_states_from(kv, r, b_last, state):
@@ -109,22 +109,23 @@ def _start_states_from(kv, r, b_last, state):
 
 
 def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype, small: bool) -> torch.Tensor:
-    """``[B, T, H, D]`` -> ``[N, B*H, C, D]`` (``small``: ``[B, N, C, H, D]``) in ``dtype``, zero-padded."""
+    """``[B, T, H, D]`` -> ``[N, B*H, C, D]`` (``small``: ``[B, N, C, D, H]``) in ``dtype``, zero-padded."""
     B, T, H, D = x.shape
     pad = -T % C
     if pad:
         # padded rows have g = 0 (no decay) and q = k = v = 0: they change neither outputs nor the state
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
     x = x.reshape(B, -1, C, H, D)  # [B, N, C, H, D]
-    if small:  # elementwise work only: no transpose needed
-        return x.to(dtype)
+    if small:  # elementwise work only: heads innermost, so that every op runs along a long contiguous axis
+        return x.transpose(3, 4).to(dtype=dtype, memory_format=torch.contiguous_format)  # [B, N, C, D, H]
     x = x.permute(1, 0, 3, 2, 4)  # [B, N, C, H, D] -> [N, B, H, C, D]
     return x.to(dtype=dtype, memory_format=torch.contiguous_format).reshape(-1, B * H, C, D)  # [N, B*H, C, D]
 
 
 def _from_chunks(x: torch.Tensor, B: int, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[N, B*H, C, D]`` or ``[B, N, C, H, D]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
+    """``[N, B*H, C, D]`` or ``[B, N, C, D, H]`` -> ``[B, T, H, D]`` in ``dtype`` (the padding cut off)."""
     if x.dim() == 5:
+        x = x.transpose(3, 4)  # [B, N, C, D, H] -> [B, N, C, H, D]
         return x.reshape(B, -1, x.shape[3], x.shape[4])[:, :T].to(dtype)  # [B, N*C, H, D] -> [B, T, H, D]
     N, Z, C, D = x.shape
     x = x.reshape(N, B, Z // B, C, D).permute(1, 0, 3, 2, 4)  # [N, B, H, C, D] -> [B, N, C, H, D]
@@ -132,15 +133,16 @@ def _from_chunks(x: torch.Tensor, B: int, T: int, dtype: torch.dtype) -> torch.T
 
 
 def _chunk_major(x: torch.Tensor) -> torch.Tensor:
-    """A fresh ``[N, B*H, *]`` copy of a per-chunk tensor ``[B, N, H, *]`` (the small path's state loop layout)."""
-    B, N, H = x.shape[:3]
-    return x.transpose(0, 1).clone(memory_format=torch.contiguous_format).view(N, B * H, *x.shape[3:])
+    """A fresh ``[N, B*H, *]`` copy of a per-chunk tensor ``[B, N, *, H]`` (the small path's state loop layout)."""
+    B, N, H = x.shape[0], x.shape[1], x.shape[-1]
+    x = x.movedim(-1, 2).transpose(0, 1)  # [B, N, *, H] -> [N, B, H, *]
+    return x.clone(memory_format=torch.contiguous_format).view(N, B * H, *x.shape[3:])
 
 
 def _batch_major(x: torch.Tensor, B: int) -> torch.Tensor:
-    """``[N, B*H, *]`` -> the view ``[B, N, 1, H, *]`` that broadcasts over the rows of a chunk."""
+    """``[N, B*H, *]`` -> the view ``[B, N, 1, *, H]`` that broadcasts over the rows of a chunk."""
     N, Z = x.shape[:2]
-    return x.view(N, B, Z // B, *x.shape[2:]).transpose(0, 1).unsqueeze(2)
+    return x.view(N, B, Z // B, *x.shape[2:]).transpose(0, 1).movedim(2, -1).unsqueeze(2)
 
 
 def _reverse_cumsum_in_time(x: torch.Tensor, chunk_dim: int) -> torch.Tensor:
@@ -158,7 +160,7 @@ class _ChunkedRecurrence(torch.autograd.Function):
     """Forward and backward of the chunked recurrence on ``[B, T, H, *]`` tensors (see the module docstring).
 
     Inside, tensors are ``[N, Z, C, D]`` (chunk, batch*head, row, channel) so that each chunk's slice of the
-    sequential state loop is contiguous; the small-state path keeps ``[B, N, C, H, D]`` (no transpose) and
+    sequential state loop is contiguous; the small-state path works in ``[B, N, C, D, H]`` (heads innermost) and
     moves only the per-chunk states to ``[N, Z, K, V]``.
     """
 
@@ -173,12 +175,12 @@ class _ChunkedRecurrence(torch.autograd.Function):
         state = q_.new_zeros(B * H, K, V) if h0 is None else h0.to(cd).reshape(B * H, K, V)  # [Z, K, V]
         qt, kt, _, r, b_last = _chunk_scaled(q_, k_, g_)
         if small:
-            prefix = _prefix_states(kt, v_)  # [B, N, C, H, K, V]
+            prefix = _prefix_states(kt, v_)  # [B, N, C, K, V, H]
             r_n, b_last_n = (_chunk_major(x.squeeze(2)).unsqueeze(2) for x in (r, b_last))  # [N, Z, 1, K]
             starts, final = _start_states_from(_chunk_major(prefix[:, :, -1]), r_n, b_last_n, state)
-            starts = _batch_major(starts.mul_(torch.exp(r_n).transpose(-1, -2)), B)  # [B, N, 1, H, K, V]
-            # o = qt . (exp(r) S_start + prefix): [B, N, C, H, K, 1] * [B, N, C, H, K, V] -> sum over K
-            o = (qt.unsqueeze(-1) * prefix.add_(starts)).sum(-2)  # [B, N, C, H, V]
+            starts = _batch_major(starts.mul_(torch.exp(r_n).transpose(-1, -2)), B)  # [B, N, 1, K, V, H]
+            # o = qt . (exp(r) S_start + prefix): [B, N, C, K, 1, H] * [B, N, C, K, V, H] -> sum over K
+            o = (qt.unsqueeze(4) * prefix.add_(starts)).sum(3)  # [B, N, C, V, H]
         else:
             starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
             scores = torch.matmul(qt, kt.transpose(-1, -2)).tril_()  # [N, Z, C, C]
@@ -203,11 +205,11 @@ class _ChunkedRecurrence(torch.autograd.Function):
         state = q_.new_zeros(Z, K, V) if h0 is None else h0.to(cd).reshape(Z, K, V)  # [Z, K, V]
         qt, kt, scale, r, b_last = _chunk_scaled(q_, k_, g_)
         if small:
-            prefix = _prefix_states(kt, v_)  # [B, N, C, H, K, V]
+            prefix = _prefix_states(kt, v_)  # [B, N, C, K, V, H]
             r, b_last = (_chunk_major(x.squeeze(2)).unsqueeze(2) for x in (r, b_last))  # [N, Z, 1, K]
             starts, final = _start_states_from(_chunk_major(prefix[:, :, -1]), r, b_last, state)
-            # d(prefix)_t = qt_t (x) do_t, summed from the end of the chunk: [B, N, C, H, K, V]
-            d_prefix = (qt.unsqueeze(-1) * do_.unsqueeze(-2)).flip(2).cumsum(2).flip(2)
+            # d(prefix)_t = qt_t (x) do_t, summed from the end of the chunk: [B, N, C, K, V, H]
+            d_prefix = (qt.unsqueeze(4) * do_.unsqueeze(3)).flip(2).cumsum(2).flip(2)
             local = _chunk_major(d_prefix[:, :, 0])  # [N, Z, K, V], gradient of exp(r) S_start from the outputs
         else:
             starts, final = _start_states_from(kt.transpose(-1, -2) @ v_, r, b_last, state)
@@ -231,12 +233,12 @@ class _ChunkedRecurrence(torch.autograd.Function):
 
         d_update = d_end.mul_(torch.exp(b_last - r).transpose(-1, -2))  # [N, Z, K, V], gradient of kt^T @ V
         if small:
-            # every row's kt (x) v enters the chunk's update: [B, N, C, H, K, V]
+            # every row's kt (x) v enters the chunk's update: [B, N, C, K, V, H]
             d_prefix.add_(_batch_major(d_update, B))
-            full = prefix.add_(_batch_major(starts.mul_(exp_r), B))  # [B, N, C, H, K, V], exp(r) S_start + prefix
-            dqt = (full * do_.unsqueeze(-2)).sum(-1)  # [B, N, C, H, K]
-            dkt = (d_prefix * v_.unsqueeze(-2)).sum(-1)  # [B, N, C, H, K]
-            dv = (d_prefix * kt.unsqueeze(-1)).sum(-2)  # [B, N, C, H, V]
+            full = prefix.add_(_batch_major(starts.mul_(exp_r), B))  # [B, N, C, K, V, H], exp(r) S_start + prefix
+            dqt = (full * do_.unsqueeze(3)).sum(4)  # [B, N, C, K, H]
+            dkt = (d_prefix * v_.unsqueeze(3)).sum(4)  # [B, N, C, K, H]
+            dv = (d_prefix * kt.unsqueeze(4)).sum(3)  # [B, N, C, V, H]
             del full, d_prefix
         else:
             d_scores = torch.matmul(do_, v_.transpose(-1, -2)).tril_()  # [N, Z, C, C]
@@ -254,7 +256,7 @@ class _ChunkedRecurrence(torch.autograd.Function):
         # q = qt / scale and k = kt * scale: q dq = qt dqt and k dk = kt dkt
         dg = _reverse_cumsum_in_time(qt.mul_(dqt).sub_(kt.mul_(dkt)), chunk_dim=1 if small else 0)
         state_term = (final * d_final).sum(-1)  # [Z, K], sum_v S_T dS_T, the same for every step
-        dg.add_(state_term.view(B, 1, 1, H, K) if small else state_term.unsqueeze(-2))
+        dg.add_(state_term.view(B, 1, 1, H, K).transpose(3, 4) if small else state_term.unsqueeze(-2))
         return (
             _from_chunks(dqt.mul_(scale), B, T, q.dtype),
             _from_chunks(dkt.div_(scale), B, T, k.dtype),
