@@ -102,6 +102,14 @@ def test_chunk_matches_reference(T, e, dtype, B, H, logit_range):
     check(hgrn2_recurrence_chunk_triton, B, T, H, e, e, dtype, logit_range)
 
 
+@pytest.mark.parametrize("e", (2, 16), ids=["scan-e2", "chunk-e16"])
+def test_long_sequence_with_extreme_decays_stays_finite_and_exact(e):
+    """Stability at the longest T the interpreter runs in seconds (1024; 4096 on CUDA): decays from 8e-7 to
+    1 - 8e-7 (logits in [-14, 14]) over a whole sequence, outputs and every gradient against the fp64 loop."""
+    T = 1024 if DEVICE == "cpu" else 4096  # the fp64 loop with autograd is the slow part
+    check(hgrn2_recurrence_triton, 1, T, 1, e, e, FP32, logit_range=14.0)
+
+
 @pytest.mark.parametrize("K, V", [(4, 8), (16, 32)], ids=["scan-K4V8", "chunk-K16V32"])
 def test_both_paths_with_different_key_and_value_widths(K, V):
     check(hgrn2_recurrence_triton, 1, 40, 2, K, V, FP32)
