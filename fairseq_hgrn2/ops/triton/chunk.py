@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import autotune_configs, device_guard, gate_gradient, next_power_of_2
-from .states import SEGMENT, segment_state_grads, segment_states
+from .common import autotune_configs, device_guard, next_power_of_2
+from .states import SEGMENT, recurrence_backward, segment_states
 
 CHUNK = 16
 _CONFIGS = autotune_configs(
@@ -217,27 +217,19 @@ class ChunkHGRN2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, d_final_state):
-        q, k, v, g, h0, final_state = ctx.saved_tensors
+        q, k, v, g = ctx.saved_tensors[:4]
         B, T, H, K = q.shape
         V = v.shape[-1]
         BK, BV = chunk_tiles(K, V)
         NV = triton.cdiv(V, BV)
-        dq = torch.empty(NV, B, T, H, K, dtype=torch.float32, device=q.device)  # partial sums per value block
-        dk = torch.empty_like(dq)
-        dv = torch.empty_like(v)
-        do = do.contiguous()
-        d_final_state = d_final_state.contiguous() if d_final_state is not None else None
-        states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
-        dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
-        NS = states.shape[1]
-        _chunk_bwd_kernel[(B * H, NV, NS)](
-            q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS,
-            H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
-        )
-        dq, dk = dq.sum(0), dk.sum(0)  # [NV, B, T, H, K] -> [B, T, H, K]
-        dg = gate_gradient(q, k, dq, dk, final_state, d_final_state)
-        dh0 = dh0.to(h0.dtype) if h0 is not None else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0
+
+        def launch(states, dstates, do, dq, dk, dv):
+            _chunk_bwd_kernel[(B * H, NV, states.shape[1])](
+                q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, states.shape[1],
+                H=H, K=K, V=V, C=CHUNK, SEG=SEGMENT, BK=BK, BV=BV,
+            )
+
+        return recurrence_backward(ctx.saved_tensors, do, d_final_state, NV, launch)
 
 
 def hgrn2_recurrence_chunk_triton(

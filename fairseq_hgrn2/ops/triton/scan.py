@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import device_guard, gate_gradient, next_power_of_2
-from .states import SEGMENT, segment_state_grads, segment_states
+from .common import device_guard, next_power_of_2
+from .states import SEGMENT, recurrence_backward, segment_states
 
 
 @triton.jit(do_not_specialize=["T", "NS", "SEG"])
@@ -166,27 +166,19 @@ class ScanHGRN2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, d_final_state):
-        q, k, v, g, h0, final_state = ctx.saved_tensors
+        q, k, v, g = ctx.saved_tensors[:4]
         B, T, H, K = q.shape
         V = v.shape[-1]
         NH, BK, BV, num_warps = scan_tiles(K, V, B * H)
         NV = triton.cdiv(V, BV)
-        dq = torch.empty(NV, B, T, H, K, dtype=torch.float32, device=q.device)  # partial sums per value block
-        dk = torch.empty_like(dq)
-        dv = torch.empty_like(v)
-        do = do.contiguous()
-        d_final_state = d_final_state.contiguous() if d_final_state is not None else None
-        states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
-        dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
-        NS = states.shape[1]
-        _scan_bwd_kernel[(triton.cdiv(B * H, NH), NV, NS)](
-            q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, NS, SEGMENT,
-            H=H, K=K, V=V, NH=NH, BK=BK, BV=BV, num_warps=num_warps,
-        )
-        dq, dk = dq.sum(0), dk.sum(0)  # [B, T, H, K]
-        dg = gate_gradient(q, k, dq, dk, final_state, d_final_state)
-        dh0 = dh0.to(h0.dtype) if h0 is not None else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0
+
+        def launch(states, dstates, do, dq, dk, dv):
+            _scan_bwd_kernel[(triton.cdiv(B * H, NH), NV, states.shape[1])](
+                q, k, v, g, states, do, dstates, dq, dk, dv, T, B * H, states.shape[1], SEGMENT,
+                H=H, K=K, V=V, NH=NH, BK=BK, BV=BV, num_warps=num_warps,
+            )
+
+        return recurrence_backward(ctx.saved_tensors, do, d_final_state, NV, launch)
 
 
 def hgrn2_recurrence_scan_triton(

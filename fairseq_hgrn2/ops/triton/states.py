@@ -12,13 +12,13 @@ segment in parallel: these two sequential kernels first compute what each segmen
 Both only exp differences ``<= 0``; padded rows load ``g = 0`` and zeros, which change nothing. Tiles are at
 least 16 wide for ``tl.dot`` (masked when the head is narrower).
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .common import next_power_of_2
+from .common import gate_gradient, next_power_of_2
 
 SEGMENT = 64  # tokens per segment: a multiple of the 16-token chunk of chunk.py
 
@@ -147,3 +147,39 @@ def segment_state_grads(
         HAS_DHT=dht is not None, HAS_H0=want_dh0, num_warps=4 if BK * BV <= 4096 else 8,
     )
     return dstates, dh0
+
+
+def recurrence_backward(
+    saved: Tuple[torch.Tensor, ...],
+    do: torch.Tensor,
+    d_final_state: Optional[torch.Tensor],
+    value_blocks: int,
+    launch: Callable[..., None],
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """The backward shared by the chunked and scan paths, around the path's own backward kernel.
+
+    Recomputes the segment states (nothing but the inputs is kept from the forward), passes the state gradient
+    between segments, lets ``launch(states, dstates, do, dq, dk, dv)`` fill ``dq, dk`` (``[value_blocks, B, T, H,
+    K]`` fp32, partial sums per value block) and ``dv``, then gets ``dg`` from ``gate_gradient``.
+
+    Args:
+        saved: ``(q, k, v, g, h0, final_state)`` as the forward saved them.
+        do: ``[B, T, H, V]``; d_final_state: optional ``[B, H, K, V]``.
+
+    Returns:
+        ``(dq, dk, dv, dg, dh0)`` in the dtypes of ``q, k, v, g, h0``.
+    """
+    q, k, v, g, h0, final_state = saved
+    B, T, H, K = q.shape
+    dq = torch.empty(value_blocks, B, T, H, K, dtype=torch.float32, device=q.device)
+    dk = torch.empty_like(dq)
+    dv = torch.empty_like(v)
+    do = do.contiguous()
+    d_final_state = d_final_state.contiguous() if d_final_state is not None else None
+    states, _ = segment_states(k, v, g, h0)  # recomputed rather than kept from the forward
+    dstates, dh0 = segment_state_grads(q, g, do, d_final_state, h0 is not None)
+    launch(states, dstates, do, dq, dk, dv)
+    dq, dk = dq.sum(0), dk.sum(0)  # [NV, B, T, H, K] -> [B, T, H, K]
+    dg = gate_gradient(q, k, dq, dk, final_state, d_final_state)
+    dh0 = dh0.to(h0.dtype) if h0 is not None else None
+    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0
